@@ -1,0 +1,29 @@
+//! The meaning of a Tidings support ticket: validated newtypes, the commands people give,
+//! the events that record what happened, and the pure `decide`/`apply` pair that turns one
+//! into the other. No I/O lives here; adapters translate to SQL, protobuf and Kafka.
+
+mod ticket;
+mod types;
+
+pub use ticket::{
+    AccessCodeOutcome, Command, Context, DomainError, EventKind, Message, MessageKind, PendingCode,
+    Ticket, TicketEvent, apply, decide, fold,
+};
+pub use types::{
+    AccountId, Actor, Body, DisplayName, Email, Locale, ParseError, RequestId, Requester, Subject,
+    TicketId, TicketNumber, TicketStatus,
+};
+
+/// Limits that callers see in error messages; one place so docs and checks agree.
+pub mod limits {
+    pub const SUBJECT_MAX_CHARS: usize = 200;
+    pub const BODY_MAX_CHARS: usize = 20_000;
+    pub const REQUEST_ID_MAX_CHARS: usize = 128;
+    pub const ACCOUNT_ID_MAX_CHARS: usize = 128;
+    pub const DISPLAY_NAME_MAX_CHARS: usize = 120;
+    pub const EMAIL_MAX_CHARS: usize = 254;
+    /// Guests get this many wrong guesses per code before it is burnt.
+    pub const ACCESS_CODE_MAX_ATTEMPTS: u8 = 5;
+    /// Excerpts travel in events so dispatchers can notify without calling back.
+    pub const EXCERPT_MAX_CHARS: usize = 280;
+}

@@ -1,0 +1,887 @@
+//! The ticket aggregate. `decide` checks a command against the current state and answers
+//! with the events that record it; `apply` folds an event into the state. State is only ever
+//! rebuilt from events, so the two must agree — the tests below pin that down.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::limits::ACCESS_CODE_MAX_ATTEMPTS;
+use crate::types::{Actor, Body, Requester, Subject, TicketId, TicketNumber, TicketStatus};
+
+/// Facts about the call that are not part of the command itself.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub actor: Actor,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Open {
+        id: TicketId,
+        number: TicketNumber,
+        requester: Requester,
+        subject: Subject,
+        body: Body,
+    },
+    PostReply {
+        body: Body,
+    },
+    RequestInfo {
+        body: Body,
+    },
+    Resolve {
+        note: Option<Body>,
+    },
+    /// A guest holding a valid link asks for a one-time code. The code itself never enters
+    /// the domain: only its keyed hash (to check guesses) and its sealed form (for the mailer).
+    RequestAccessCode {
+        code_hash: String,
+        sealed_code: String,
+        ttl: Duration,
+        min_interval: Duration,
+    },
+    VerifyAccessCode {
+        code_hash: String,
+    },
+}
+
+/// What happened to a ticket. Past tense, serialised as the event store's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum TicketEvent {
+    TicketOpened {
+        number: TicketNumber,
+        requester: Requester,
+        subject: Subject,
+        body: Body,
+    },
+    ReplyAdded {
+        body: Body,
+    },
+    InfoRequested {
+        body: Body,
+    },
+    Resolved {
+        note: Option<Body>,
+    },
+    Reopened,
+    AccessCodeRequested {
+        code_hash: String,
+        sealed_code: String,
+        expires_at: DateTime<Utc>,
+    },
+    AccessCodeRejected {
+        attempts: u8,
+    },
+    GuestAccessGranted,
+}
+
+/// Stable names, used as the store's `event_type` and in CloudEvents `ce_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    TicketOpened,
+    ReplyAdded,
+    InfoRequested,
+    Resolved,
+    Reopened,
+    AccessCodeRequested,
+    AccessCodeRejected,
+    GuestAccessGranted,
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::TicketOpened => "TicketOpened",
+            EventKind::ReplyAdded => "ReplyAdded",
+            EventKind::InfoRequested => "InfoRequested",
+            EventKind::Resolved => "Resolved",
+            EventKind::Reopened => "Reopened",
+            EventKind::AccessCodeRequested => "AccessCodeRequested",
+            EventKind::AccessCodeRejected => "AccessCodeRejected",
+            EventKind::GuestAccessGranted => "GuestAccessGranted",
+        }
+    }
+}
+
+impl TicketEvent {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            TicketEvent::TicketOpened { .. } => EventKind::TicketOpened,
+            TicketEvent::ReplyAdded { .. } => EventKind::ReplyAdded,
+            TicketEvent::InfoRequested { .. } => EventKind::InfoRequested,
+            TicketEvent::Resolved { .. } => EventKind::Resolved,
+            TicketEvent::Reopened => EventKind::Reopened,
+            TicketEvent::AccessCodeRequested { .. } => EventKind::AccessCodeRequested,
+            TicketEvent::AccessCodeRejected { .. } => EventKind::AccessCodeRejected,
+            TicketEvent::GuestAccessGranted => EventKind::GuestAccessGranted,
+        }
+    }
+    /// Schema version of the payload; bump when a field's meaning changes.
+    pub const SCHEMA_VERSION: i32 = 1;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// The text the requester opened the ticket with.
+    Initial,
+    Reply,
+    InfoRequest,
+    Resolution,
+}
+
+/// One entry of the conversation history, as customers and agents read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub kind: MessageKind,
+    pub author: Actor,
+    pub body: Body,
+    pub at: DateTime<Utc>,
+    pub sequence: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCode {
+    pub code_hash: String,
+    pub expires_at: DateTime<Utc>,
+    pub failed_attempts: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticket {
+    pub id: TicketId,
+    pub number: TicketNumber,
+    pub requester: Requester,
+    pub subject: Subject,
+    pub status: TicketStatus,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+    pub messages: Vec<Message>,
+    /// Sequence of the last applied event; the next event gets `version + 1`.
+    pub version: u64,
+    pub pending_code: Option<PendingCode>,
+    pub last_code_requested_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("ticket already exists")]
+    AlreadyExists,
+    #[error("ticket not found")]
+    NotFound,
+    #[error("{0}")]
+    NotPermitted(&'static str),
+    #[error("ticket is resolved")]
+    AlreadyResolved,
+    #[error("an access code was requested recently; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: i64 },
+    #[error("no access code was requested, or it has expired; request a new one")]
+    CodeExpired,
+    #[error("too many wrong codes; request a new one")]
+    CodeAttemptsExhausted,
+}
+
+/// The result of a `VerifyAccessCode`, read off the events it produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessCodeOutcome {
+    Granted,
+    Rejected { attempts_left: u8 },
+}
+
+impl AccessCodeOutcome {
+    pub fn from_events(events: &[TicketEvent]) -> Option<Self> {
+        events.iter().find_map(|e| match e {
+            TicketEvent::GuestAccessGranted => Some(AccessCodeOutcome::Granted),
+            TicketEvent::AccessCodeRejected { attempts } => Some(AccessCodeOutcome::Rejected {
+                attempts_left: ACCESS_CODE_MAX_ATTEMPTS.saturating_sub(*attempts),
+            }),
+            _ => None,
+        })
+    }
+}
+
+pub fn decide(
+    state: Option<&Ticket>,
+    command: &Command,
+    ctx: &Context,
+) -> Result<Vec<TicketEvent>, DomainError> {
+    let ticket = match (state, command) {
+        (
+            None,
+            Command::Open {
+                number,
+                requester,
+                subject,
+                body,
+                ..
+            },
+        ) => {
+            let may_open = match (&ctx.actor, requester) {
+                (Actor::Customer { .. }, Requester::Customer { .. }) => {
+                    ctx.actor.is_requester_of(requester)
+                }
+                (Actor::Guest { .. } | Actor::System, Requester::Guest { .. }) => true,
+                _ => false,
+            };
+            if !may_open {
+                return Err(DomainError::NotPermitted(
+                    "tickets are opened by their requester",
+                ));
+            }
+            return Ok(vec![TicketEvent::TicketOpened {
+                number: *number,
+                requester: requester.clone(),
+                subject: subject.clone(),
+                body: body.clone(),
+            }]);
+        }
+        (Some(_), Command::Open { .. }) => return Err(DomainError::AlreadyExists),
+        (None, _) => return Err(DomainError::NotFound),
+        (Some(t), _) => t,
+    };
+    let is_agent = ctx.actor.is_agent();
+    let is_requester = ctx.actor.is_requester_of(&ticket.requester);
+
+    match command {
+        Command::Open { .. } => unreachable!("handled above"),
+        Command::PostReply { body } => {
+            if !is_agent && !is_requester {
+                return Err(DomainError::NotPermitted(
+                    "only the requester or an agent may reply",
+                ));
+            }
+            let mut events = Vec::with_capacity(2);
+            // Customers continue in the original ticket: a reply revives a resolved one.
+            if ticket.status == TicketStatus::Resolved {
+                events.push(TicketEvent::Reopened);
+            }
+            events.push(TicketEvent::ReplyAdded { body: body.clone() });
+            Ok(events)
+        }
+        Command::RequestInfo { body } => {
+            if !is_agent {
+                return Err(DomainError::NotPermitted(
+                    "only agents may request information",
+                ));
+            }
+            if ticket.status == TicketStatus::Resolved {
+                return Err(DomainError::AlreadyResolved);
+            }
+            Ok(vec![TicketEvent::InfoRequested { body: body.clone() }])
+        }
+        Command::Resolve { note } => {
+            if !is_agent {
+                return Err(DomainError::NotPermitted("only agents may resolve tickets"));
+            }
+            if ticket.status == TicketStatus::Resolved {
+                return Err(DomainError::AlreadyResolved);
+            }
+            Ok(vec![TicketEvent::Resolved { note: note.clone() }])
+        }
+        Command::RequestAccessCode {
+            code_hash,
+            sealed_code,
+            ttl,
+            min_interval,
+        } => {
+            if !matches!(ticket.requester, Requester::Guest { .. }) || !is_requester {
+                return Err(DomainError::NotPermitted(
+                    "access codes are for the guest who filed the ticket",
+                ));
+            }
+            if let Some(last) = ticket.last_code_requested_at {
+                let next_allowed = last + *min_interval;
+                if ctx.now < next_allowed {
+                    let wait = (next_allowed - ctx.now).num_milliseconds();
+                    return Err(DomainError::RateLimited {
+                        retry_after_secs: (wait + 999) / 1000,
+                    });
+                }
+            }
+            Ok(vec![TicketEvent::AccessCodeRequested {
+                code_hash: code_hash.clone(),
+                sealed_code: sealed_code.clone(),
+                expires_at: ctx.now + *ttl,
+            }])
+        }
+        Command::VerifyAccessCode { code_hash } => {
+            if !matches!(ticket.requester, Requester::Guest { .. }) || !is_requester {
+                return Err(DomainError::NotPermitted(
+                    "access codes are for the guest who filed the ticket",
+                ));
+            }
+            let Some(pending) = &ticket.pending_code else {
+                return Err(DomainError::CodeExpired);
+            };
+            if pending.failed_attempts >= ACCESS_CODE_MAX_ATTEMPTS {
+                return Err(DomainError::CodeAttemptsExhausted);
+            }
+            if ctx.now >= pending.expires_at {
+                return Err(DomainError::CodeExpired);
+            }
+            if &pending.code_hash == code_hash {
+                Ok(vec![TicketEvent::GuestAccessGranted])
+            } else {
+                Ok(vec![TicketEvent::AccessCodeRejected {
+                    attempts: pending.failed_attempts + 1,
+                }])
+            }
+        }
+    }
+}
+
+/// Fold one stored event into the state. `sequence`, `at` and `actor` come from the envelope.
+pub fn apply(
+    state: Option<Ticket>,
+    id: TicketId,
+    sequence: u64,
+    at: DateTime<Utc>,
+    actor: &Actor,
+    event: &TicketEvent,
+) -> Option<Ticket> {
+    let mut t = match (state, event) {
+        (
+            None,
+            TicketEvent::TicketOpened {
+                number,
+                requester,
+                subject,
+                body,
+            },
+        ) => {
+            return Some(Ticket {
+                id,
+                number: *number,
+                requester: requester.clone(),
+                subject: subject.clone(),
+                status: TicketStatus::Open,
+                created_at: at,
+                last_activity_at: at,
+                messages: vec![Message {
+                    kind: MessageKind::Initial,
+                    author: actor.clone(),
+                    body: body.clone(),
+                    at,
+                    sequence,
+                }],
+                version: sequence,
+                pending_code: None,
+                last_code_requested_at: None,
+            });
+        }
+        // An event for a ticket that was never opened cannot be folded; keep nothing.
+        (None, _) => return None,
+        (Some(t), _) => t,
+    };
+    t.version = sequence;
+    let push = |t: &mut Ticket, kind, body: &Body| {
+        t.messages.push(Message {
+            kind,
+            author: actor.clone(),
+            body: body.clone(),
+            at,
+            sequence,
+        });
+        t.last_activity_at = at;
+    };
+    match event {
+        TicketEvent::TicketOpened { .. } => {}
+        TicketEvent::ReplyAdded { body } => {
+            push(&mut t, MessageKind::Reply, body);
+            if t.status == TicketStatus::AwaitingCustomer && actor.is_requester_of(&t.requester) {
+                t.status = TicketStatus::Open;
+            }
+        }
+        TicketEvent::InfoRequested { body } => {
+            push(&mut t, MessageKind::InfoRequest, body);
+            t.status = TicketStatus::AwaitingCustomer;
+        }
+        TicketEvent::Resolved { note } => {
+            if let Some(note) = note {
+                push(&mut t, MessageKind::Resolution, note);
+            } else {
+                t.last_activity_at = at;
+            }
+            t.status = TicketStatus::Resolved;
+        }
+        TicketEvent::Reopened => {
+            t.status = TicketStatus::Open;
+            t.last_activity_at = at;
+        }
+        TicketEvent::AccessCodeRequested {
+            code_hash,
+            expires_at,
+            ..
+        } => {
+            t.pending_code = Some(PendingCode {
+                code_hash: code_hash.clone(),
+                expires_at: *expires_at,
+                failed_attempts: 0,
+            });
+            t.last_code_requested_at = Some(at);
+        }
+        TicketEvent::AccessCodeRejected { attempts } => {
+            if let Some(p) = t.pending_code.as_mut() {
+                p.failed_attempts = *attempts;
+            }
+        }
+        // A code is single-use: once it opened a session it is gone.
+        TicketEvent::GuestAccessGranted => t.pending_code = None,
+    }
+    Some(t)
+}
+
+/// Rebuild a ticket from its stored history: `(sequence, at, actor, event)` in order.
+pub fn fold<'a>(
+    id: TicketId,
+    history: impl IntoIterator<Item = (u64, DateTime<Utc>, &'a Actor, &'a TicketEvent)>,
+) -> Option<Ticket> {
+    history
+        .into_iter()
+        .fold(None, |state, (seq, at, actor, event)| {
+            apply(state, id, seq, at, actor, event)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::*;
+    use chrono::TimeZone;
+
+    // --- a tiny given/when/then harness (in the spirit of cqrs' TestFramework) ---
+
+    struct Given {
+        id: TicketId,
+        history: Vec<(u64, DateTime<Utc>, Actor, TicketEvent)>,
+    }
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap()
+    }
+
+    fn customer(id: &str) -> Actor {
+        Actor::Customer {
+            account_id: AccountId::parse(id).unwrap(),
+            display_name: None,
+        }
+    }
+    fn agent() -> Actor {
+        Actor::Agent {
+            account_id: AccountId::parse("agent-7").unwrap(),
+            display_name: None,
+        }
+    }
+    fn guest(email: &str) -> Actor {
+        Actor::Guest {
+            email: Email::parse(email).unwrap(),
+        }
+    }
+    fn ann() -> Requester {
+        Requester::Customer {
+            account_id: AccountId::parse("ann").unwrap(),
+            email: Email::parse("ann@example.com").unwrap(),
+            locale: Locale::parse("it").unwrap(),
+            display_name: None,
+        }
+    }
+    fn guest_requester() -> Requester {
+        Requester::Guest {
+            email: Email::parse("g@example.com").unwrap(),
+            locale: Locale::english(),
+        }
+    }
+    fn body(s: &str) -> Body {
+        Body::parse(s).unwrap()
+    }
+    fn opened(requester: Requester) -> TicketEvent {
+        TicketEvent::TicketOpened {
+            number: TicketNumber::parse(12345).unwrap(),
+            requester,
+            subject: Subject::parse("Withdrawal stuck").unwrap(),
+            body: body("tx 0xabc is pending"),
+        }
+    }
+
+    fn given(events: Vec<(Actor, TicketEvent)>) -> Given {
+        let history = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, (a, e))| (i as u64 + 1, t0() + Duration::minutes(i as i64), a, e))
+            .collect();
+        Given {
+            id: TicketId::new(),
+            history,
+        }
+    }
+
+    impl Given {
+        fn state(&self) -> Option<Ticket> {
+            fold(
+                self.id,
+                self.history.iter().map(|(s, at, a, e)| (*s, *at, a, e)),
+            )
+        }
+        fn when(&self, actor: Actor, command: Command) -> Result<Vec<TicketEvent>, DomainError> {
+            self.when_at(actor, command, t0() + Duration::hours(1))
+        }
+        fn when_at(
+            &self,
+            actor: Actor,
+            command: Command,
+            now: DateTime<Utc>,
+        ) -> Result<Vec<TicketEvent>, DomainError> {
+            decide(self.state().as_ref(), &command, &Context { actor, now })
+        }
+        /// Apply what `when` decided, as the store would.
+        fn then_state(&mut self, actor: Actor, events: Vec<TicketEvent>) -> Ticket {
+            for e in events {
+                let seq = self.history.len() as u64 + 1;
+                self.history
+                    .push((seq, t0() + Duration::hours(2), actor.clone(), e));
+            }
+            self.state().unwrap()
+        }
+    }
+
+    fn reply(s: &str) -> Command {
+        Command::PostReply { body: body(s) }
+    }
+
+    // --- opening ---
+
+    #[test]
+    fn customer_opens_own_ticket() {
+        let g = given(vec![]);
+        let cmd = Command::Open {
+            id: g.id,
+            number: TicketNumber::parse(12345).unwrap(),
+            requester: ann(),
+            subject: Subject::parse("Withdrawal stuck").unwrap(),
+            body: body("tx 0xabc is pending"),
+        };
+        assert_eq!(g.when(customer("ann"), cmd).unwrap(), vec![opened(ann())]);
+    }
+
+    #[test]
+    fn customer_cannot_open_a_ticket_in_someone_elses_name() {
+        let g = given(vec![]);
+        let cmd = Command::Open {
+            id: g.id,
+            number: TicketNumber::parse(1).unwrap(),
+            requester: ann(),
+            subject: Subject::parse("x").unwrap(),
+            body: body("y"),
+        };
+        assert!(matches!(
+            g.when(customer("bob"), cmd),
+            Err(DomainError::NotPermitted(_))
+        ));
+    }
+
+    #[test]
+    fn opening_twice_is_refused() {
+        let g = given(vec![(customer("ann"), opened(ann()))]);
+        let cmd = Command::Open {
+            id: g.id,
+            number: TicketNumber::parse(1).unwrap(),
+            requester: ann(),
+            subject: Subject::parse("x").unwrap(),
+            body: body("y"),
+        };
+        assert_eq!(
+            g.when(customer("ann"), cmd),
+            Err(DomainError::AlreadyExists)
+        );
+    }
+
+    #[test]
+    fn commands_on_unknown_ticket_are_not_found() {
+        assert_eq!(
+            given(vec![]).when(agent(), reply("hi")),
+            Err(DomainError::NotFound)
+        );
+    }
+
+    // --- replies ---
+
+    #[test]
+    fn agent_reply_adds_reply() {
+        let g = given(vec![(customer("ann"), opened(ann()))]);
+        assert_eq!(
+            g.when(agent(), reply("we are on it")).unwrap(),
+            vec![TicketEvent::ReplyAdded {
+                body: body("we are on it")
+            }]
+        );
+    }
+
+    #[test]
+    fn stranger_cannot_reply() {
+        let g = given(vec![(customer("ann"), opened(ann()))]);
+        assert!(matches!(
+            g.when(customer("bob"), reply("me too")),
+            Err(DomainError::NotPermitted(_))
+        ));
+        assert!(matches!(
+            g.when(guest("ann@example.com"), reply("hi")),
+            Err(DomainError::NotPermitted(_))
+        ));
+    }
+
+    #[test]
+    fn requester_reply_on_resolved_ticket_reopens_it() {
+        let mut g = given(vec![
+            (customer("ann"), opened(ann())),
+            (agent(), TicketEvent::Resolved { note: None }),
+        ]);
+        let events = g.when(customer("ann"), reply("still broken")).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                TicketEvent::Reopened,
+                TicketEvent::ReplyAdded {
+                    body: body("still broken")
+                }
+            ]
+        );
+        let t = g.then_state(customer("ann"), events);
+        assert_eq!(t.status, TicketStatus::Open);
+        assert_eq!(t.version, 4);
+    }
+
+    #[test]
+    fn guest_reply_on_own_ticket_is_accepted() {
+        let g = given(vec![(Actor::System, opened(guest_requester()))]);
+        assert!(g.when(guest("g@example.com"), reply("attached")).is_ok());
+        assert!(g.when(guest("other@example.com"), reply("x")).is_err());
+    }
+
+    // --- info requests ---
+
+    #[test]
+    fn request_info_makes_ticket_await_customer_until_they_reply() {
+        let mut g = given(vec![(customer("ann"), opened(ann()))]);
+        let ev = g
+            .when(
+                agent(),
+                Command::RequestInfo {
+                    body: body("tx id?"),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            g.then_state(agent(), ev).status,
+            TicketStatus::AwaitingCustomer
+        );
+        // An agent's follow-up does not end the wait; the customer's reply does.
+        let ev = g.when(agent(), reply("any news?")).unwrap();
+        assert_eq!(
+            g.then_state(agent(), ev).status,
+            TicketStatus::AwaitingCustomer
+        );
+        let ev = g.when(customer("ann"), reply("0xabc")).unwrap();
+        assert_eq!(g.then_state(customer("ann"), ev).status, TicketStatus::Open);
+    }
+
+    #[test]
+    fn request_info_on_resolved_ticket_fails() {
+        let g = given(vec![
+            (customer("ann"), opened(ann())),
+            (agent(), TicketEvent::Resolved { note: None }),
+        ]);
+        assert_eq!(
+            g.when(agent(), Command::RequestInfo { body: body("?") }),
+            Err(DomainError::AlreadyResolved)
+        );
+    }
+
+    #[test]
+    fn only_agents_request_info_and_resolve() {
+        let g = given(vec![(customer("ann"), opened(ann()))]);
+        assert!(matches!(
+            g.when(customer("ann"), Command::RequestInfo { body: body("?") }),
+            Err(DomainError::NotPermitted(_))
+        ));
+        assert!(matches!(
+            g.when(customer("ann"), Command::Resolve { note: None }),
+            Err(DomainError::NotPermitted(_))
+        ));
+    }
+
+    #[test]
+    fn resolve_twice_fails_and_history_keeps_the_note() {
+        let mut g = given(vec![(customer("ann"), opened(ann()))]);
+        let ev = g
+            .when(
+                agent(),
+                Command::Resolve {
+                    note: Some(body("refunded")),
+                },
+            )
+            .unwrap();
+        let t = g.then_state(agent(), ev);
+        assert_eq!(t.status, TicketStatus::Resolved);
+        assert_eq!(t.messages.last().unwrap().kind, MessageKind::Resolution);
+        assert_eq!(
+            g.when(agent(), Command::Resolve { note: None }),
+            Err(DomainError::AlreadyResolved)
+        );
+    }
+
+    // --- guest access codes ---
+
+    fn request_code(hash: &str) -> Command {
+        Command::RequestAccessCode {
+            code_hash: hash.into(),
+            sealed_code: "sealed".into(),
+            ttl: Duration::minutes(10),
+            min_interval: Duration::minutes(1),
+        }
+    }
+
+    #[test]
+    fn guest_code_is_granted_once_and_then_consumed() {
+        let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
+        let me = guest("g@example.com");
+        let ev = g.when(me.clone(), request_code("h1")).unwrap();
+        g.then_state(me.clone(), ev);
+        // decided at t0+1h, so the code is valid until t0+1h10m
+        let now = t0() + Duration::hours(1) + Duration::minutes(1);
+        let ev = g
+            .when_at(
+                me.clone(),
+                Command::VerifyAccessCode {
+                    code_hash: "h1".into(),
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(
+            AccessCodeOutcome::from_events(&ev),
+            Some(AccessCodeOutcome::Granted)
+        );
+        g.then_state(me.clone(), ev);
+        assert_eq!(
+            g.when_at(
+                me,
+                Command::VerifyAccessCode {
+                    code_hash: "h1".into()
+                },
+                now
+            ),
+            Err(DomainError::CodeExpired)
+        );
+    }
+
+    #[test]
+    fn guest_code_expires_after_its_ttl() {
+        let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
+        let me = guest("g@example.com");
+        let ev = g.when(me.clone(), request_code("h1")).unwrap();
+        g.then_state(me.clone(), ev);
+        // requested at t0+1h (when), expires 10 minutes later
+        let late = t0() + Duration::hours(1) + Duration::minutes(10);
+        assert_eq!(
+            g.when_at(
+                me,
+                Command::VerifyAccessCode {
+                    code_hash: "h1".into()
+                },
+                late
+            ),
+            Err(DomainError::CodeExpired)
+        );
+    }
+
+    #[test]
+    fn five_wrong_codes_burn_the_code() {
+        let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
+        let me = guest("g@example.com");
+        let ev = g.when(me.clone(), request_code("right")).unwrap();
+        g.then_state(me.clone(), ev);
+        let soon = t0() + Duration::hours(1) + Duration::minutes(1);
+        for n in 1..=5u8 {
+            let ev = g
+                .when_at(
+                    me.clone(),
+                    Command::VerifyAccessCode {
+                        code_hash: "wrong".into(),
+                    },
+                    soon,
+                )
+                .unwrap();
+            assert_eq!(
+                AccessCodeOutcome::from_events(&ev),
+                Some(AccessCodeOutcome::Rejected {
+                    attempts_left: 5 - n
+                })
+            );
+            g.then_state(me.clone(), ev);
+        }
+        assert_eq!(
+            g.when_at(
+                me,
+                Command::VerifyAccessCode {
+                    code_hash: "right".into()
+                },
+                soon
+            ),
+            Err(DomainError::CodeAttemptsExhausted)
+        );
+    }
+
+    #[test]
+    fn code_requests_are_rate_limited_per_ticket() {
+        let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
+        let me = guest("g@example.com");
+        let ev = g
+            .when_at(me.clone(), request_code("h1"), t0() + Duration::hours(2))
+            .unwrap();
+        g.then_state(me.clone(), ev); // applied at t0+2h
+        let err = g
+            .when_at(
+                me.clone(),
+                request_code("h2"),
+                t0() + Duration::hours(2) + Duration::seconds(20),
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DomainError::RateLimited {
+                retry_after_secs: 40
+            }
+        );
+        assert!(
+            g.when_at(
+                me,
+                request_code("h2"),
+                t0() + Duration::hours(2) + Duration::seconds(61)
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn codes_are_only_for_the_guest_requester() {
+        let g = given(vec![(customer("ann"), opened(ann()))]);
+        assert!(matches!(
+            g.when(customer("ann"), request_code("h")),
+            Err(DomainError::NotPermitted(_))
+        ));
+        let g = given(vec![(Actor::System, opened(guest_requester()))]);
+        assert!(matches!(
+            g.when(guest("x@example.com"), request_code("h")),
+            Err(DomainError::NotPermitted(_))
+        ));
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let e = opened(ann());
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains("\"type\":\"TicketOpened\""));
+        assert_eq!(serde_json::from_str::<TicketEvent>(&json).unwrap(), e);
+    }
+}

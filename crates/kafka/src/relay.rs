@@ -1,0 +1,255 @@
+//! The outbox relay: publishes committed outbox rows to Kafka in id order and marks them
+//! published only after the broker acknowledged them.
+//!
+//! Ordering across replicas: each batch runs in a transaction holding a per-schema advisory
+//! lock, so at most one replica publishes at a time and per-ticket order is kept (rows of the
+//! same ticket are never split between two concurrent publishers). Other replicas are hot
+//! standbys that take over on the next wake-up.
+//!
+//! Latency: the store `NOTIFY`s at commit; the relay also polls, so a missed notification
+//! (listener reconnecting) only delays a row by one poll interval. Broker outages never touch
+//! the write path: rows wait in Postgres and the relay retries with capped backoff.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::{KafkaSettings, ensure_topics};
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub message_timeout: Duration,
+    /// Topics (with partition counts) re-created if a fresh broker lost them.
+    pub topics: Vec<(String, i32)>,
+    pub replication: i32,
+    pub notify_channel: String,
+}
+
+pub struct OutboxRelay {
+    pool: PgPool,
+    producer: FutureProducer,
+    settings: KafkaSettings,
+    config: RelayConfig,
+}
+
+struct Row_ {
+    id: i64,
+    topic: String,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    headers: Vec<(String, String)>,
+    created_at: DateTime<Utc>,
+}
+
+impl OutboxRelay {
+    pub fn new(
+        pool: PgPool,
+        settings: KafkaSettings,
+        config: RelayConfig,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer = settings.producer(config.message_timeout)?;
+        Ok(Self {
+            pool,
+            producer,
+            settings,
+            config,
+        })
+    }
+
+    /// Runs until `shutdown`, then publishes what is pending (bounded by the message timeout)
+    /// and flushes the producer.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen(&self.config.notify_channel).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox listen failed; relying on polling");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox listener connect failed; relying on polling");
+                None
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        let mut last_backlog_report = Instant::now() - Duration::from_secs(60);
+        loop {
+            match self.drain().await {
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "outbox publish failed");
+                    // A broker that restarted empty has lost our topics; put them back.
+                    if let Err(e) =
+                        ensure_topics(&self.settings, &self.config.topics, self.config.replication)
+                            .await
+                    {
+                        tracing::debug!(error = %e, "re-creating topics failed");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(jitter(backoff)) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            if last_backlog_report.elapsed() >= Duration::from_secs(5) {
+                last_backlog_report = Instant::now();
+                self.report_backlog().await;
+            }
+            let wait = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        let _ = tokio::time::timeout(self.config.poll_interval, l.recv()).await;
+                    }
+                    None => tokio::time::sleep(self.config.poll_interval).await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wait => {}
+            }
+        }
+        // Final flush: whatever committed before shutdown goes out now if the broker is up.
+        match tokio::time::timeout(self.config.message_timeout, self.drain()).await {
+            Ok(Ok(n)) => tracing::info!(published = n, "outbox relay drained"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "outbox drain at shutdown failed; rows stay pending")
+            }
+            Err(_) => tracing::warn!("outbox drain at shutdown timed out; rows stay pending"),
+        }
+        let _ = self.producer.flush(Duration::from_secs(5));
+    }
+
+    /// Publishes until nothing is pending. Returns the number of rows published.
+    pub async fn drain(&self) -> Result<usize, RelayError> {
+        let mut total = 0;
+        loop {
+            let n = self.publish_batch().await?;
+            total += n;
+            if (n as i64) < self.config.batch_size {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn publish_batch(&self) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtext(current_schema() || '.tidings_outbox'))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if !locked {
+            return Ok(0);
+        }
+        let rows = sqlx::query(
+            "SELECT id, topic, key, value, headers, created_at FROM outbox
+             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let headers: serde_json::Value = r.get("headers");
+            Row_ {
+                id: r.get("id"),
+                topic: r.get("topic"),
+                key: r.get("key"),
+                value: r.get("value"),
+                headers: serde_json::from_value(headers).unwrap_or_default(),
+                created_at: r.get("created_at"),
+            }
+        })
+        .collect::<Vec<_>>();
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // Enqueue the whole batch, then wait for every acknowledgement. The idempotent
+        // producer keeps per-partition order even when it retries internally.
+        let deliveries = rows.iter().map(|row| {
+            let mut headers = OwnedHeaders::new_with_capacity(row.headers.len());
+            for (k, v) in &row.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let record = FutureRecord::to(&row.topic)
+                .key(&row.key)
+                .payload(&row.value)
+                .headers(headers);
+            self.producer.send(
+                record,
+                rdkafka::util::Timeout::After(self.config.message_timeout),
+            )
+        });
+        let results = join_all(deliveries).await;
+        let now = Utc::now();
+        let mut acked = Vec::with_capacity(rows.len());
+        let mut first_error = None;
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(_) => {
+                    acked.push(row.id);
+                    let lag = (now - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                    metrics::histogram!("tidings_outbox_publish_lag_seconds").record(lag.max(0.0));
+                }
+                Err((e, _)) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !acked.is_empty() {
+            sqlx::query("UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY($1)")
+                .bind(&acked)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("tidings_outbox_published_total").increment(acked.len() as u64);
+        match first_error {
+            // Rows that were not acknowledged stay pending and go out on the next attempt.
+            Some(e) => Err(RelayError::Kafka(e)),
+            None => Ok(acked.len()),
+        }
+    }
+
+    async fn report_backlog(&self) {
+        if let Ok(n) =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await
+        {
+            metrics::gauge!("tidings_outbox_backlog").set(n as f64);
+        }
+        // Keep the table small: acknowledged rows are only useful for a while (debugging).
+        let _ = sqlx::query("DELETE FROM outbox WHERE published_at < now() - interval '1 day'")
+            .execute(&self.pool)
+            .await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
+}

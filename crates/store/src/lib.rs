@@ -1,0 +1,491 @@
+//! The Postgres event store. Events, their outbox rows, the list read model and the
+//! idempotency record of a command all commit in one transaction, so a ticket's history,
+//! what Kafka will see and what a retried call gets back never disagree.
+
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tidings_domain::{
+    Actor, Requester, Subject, Ticket, TicketEvent, TicketId, TicketNumber, TicketStatus, fold,
+};
+use uuid::Uuid;
+
+pub use sqlx::PgPool as Pool;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else appended to the ticket first; retry against fresh state.
+    #[error("concurrent write to the same ticket")]
+    Conflict,
+    #[error("stored data cannot be read: {0}")]
+    Corrupt(String),
+    #[error("database: {0}")]
+    Database(#[source] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        // Unique violations are how Postgres tells us a concurrent writer won.
+        if let sqlx::Error::Database(db) = &e {
+            if db.code().as_deref() == Some("23505") {
+                return StoreError::Conflict;
+            }
+        }
+        StoreError::Database(e)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Connects with an optional schema (tests use a fresh one each) and pool size.
+pub async fn connect(url: &str, schema: Option<&str>, max_connections: u32) -> Result<PgPool> {
+    let mut opts = PgConnectOptions::from_str(url)?;
+    if let Some(schema) = schema {
+        opts = opts.options([("search_path", schema)]);
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
+
+/// Creates the schema if needed and applies migrations.
+pub async fn migrate(pool: &PgPool, schema: Option<&str>) -> Result<()> {
+    if let Some(schema) = schema {
+        let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+        // The identifier is quoted above (doubled quotes), so it cannot break out.
+        let sql = format!("CREATE SCHEMA IF NOT EXISTS {quoted}");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+    }
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// One event as stored.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event_id: Uuid,
+    pub sequence: u64,
+    pub occurred_at: DateTime<Utc>,
+    pub actor: Actor,
+    pub event: TicketEvent,
+    pub traceparent: Option<String>,
+}
+
+/// A message for the relay to publish; built by the service, opaque here.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub event_id: Uuid,
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a mutating command produced, kept so that a retry with the same request id gets the
+/// same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub ticket_id: Uuid,
+    pub ticket_number: i64,
+    /// Sequence of the event the caller cares about (e.g. the ReplyAdded).
+    pub sequence: u64,
+    pub status: String,
+}
+
+/// A row of the list read model.
+#[derive(Debug, Clone)]
+pub struct TicketSummary {
+    pub id: TicketId,
+    pub number: TicketNumber,
+    pub requester: Requester,
+    pub subject: Subject,
+    pub status: TicketStatus,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub requester_account_id: Option<String>,
+    pub only_ticket: Option<TicketId>,
+    pub statuses: Vec<TicketStatus>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EventStore {
+    pool: PgPool,
+    channel: String,
+}
+
+/// Where pending outbox rows are announced: per schema, so that stores sharing one database
+/// (tests) do not wake each other's relays.
+pub async fn notify_channel(pool: &PgPool) -> Result<String> {
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(pool)
+        .await?;
+    Ok(format!("tidings_outbox_{schema}"))
+}
+
+impl EventStore {
+    pub async fn new(pool: PgPool) -> Result<Self> {
+        let channel = notify_channel(&pool).await?;
+        Ok(Self { pool, channel })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn next_ticket_number(&self) -> Result<TicketNumber> {
+        let n: i64 = sqlx::query_scalar("SELECT nextval('ticket_number_seq')")
+            .fetch_one(&self.pool)
+            .await?;
+        TicketNumber::parse(n).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    pub async fn find_outcome(
+        &self,
+        scope: &str,
+        request_id: &str,
+    ) -> Result<Option<(String, Outcome)>> {
+        let row = sqlx::query("SELECT fingerprint, outcome FROM idempotency_keys WHERE scope = $1 AND request_id = $2")
+            .bind(scope)
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let outcome: serde_json::Value = r.get("outcome");
+            let outcome =
+                serde_json::from_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((r.get("fingerprint"), outcome))
+        })
+        .transpose()
+    }
+
+    /// Loads a ticket's history without locking (reads).
+    pub async fn load(&self, id: TicketId) -> Result<Vec<StoredEvent>> {
+        load_events(&self.pool, id).await
+    }
+
+    pub async fn load_ticket(&self, id: TicketId) -> Result<Option<Ticket>> {
+        Ok(rebuild(id, &self.load(id).await?))
+    }
+
+    /// Starts a write to one ticket: takes the ticket's row lock so writers queue instead of
+    /// conflicting, and returns its history.
+    pub async fn begin(&self, id: TicketId) -> Result<TicketWrite> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM tickets WHERE ticket_id = $1 FOR UPDATE")
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let history = load_events(&mut *tx, id).await?;
+        Ok(TicketWrite {
+            tx,
+            id,
+            history,
+            channel: self.channel.clone(),
+        })
+    }
+
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<TicketSummary>> {
+        let statuses: Vec<String> = filter
+            .statuses
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let rows = sqlx::query(
+            "SELECT ticket_id, ticket_number, requester, subject, status, created_at, last_activity_at
+             FROM tickets
+             WHERE ($1::text IS NULL OR requester_account_id = $1)
+               AND ($2::uuid IS NULL OR ticket_id = $2)
+               AND (cardinality($3::text[]) = 0 OR status = ANY($3))
+               AND ($4::timestamptz IS NULL OR (last_activity_at, ticket_id) < ($4, $5))
+             ORDER BY last_activity_at DESC, ticket_id DESC
+             LIMIT $6",
+        )
+        .bind(filter.requester_account_id.as_deref())
+        .bind(filter.only_ticket.map(|t| t.as_uuid()))
+        .bind(&statuses)
+        .bind(after.map(|c| c.last_activity_at))
+        .bind(after.map(|c| c.ticket_id))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    /// Rebuilds the list read model from the event log; returns how many tickets it wrote.
+    pub async fn rebuild_read_model(&self) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE tickets IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM tickets").execute(&mut *tx).await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT ticket_id FROM events")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut n = 0;
+        for id in ids {
+            let id = TicketId::from_uuid(id);
+            let history = load_events(&mut *tx, id).await?;
+            if let Some(t) = rebuild(id, &history) {
+                upsert_summary(&mut tx, &t).await?;
+                n += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Number of outbox rows not yet acknowledged by the broker.
+    pub async fn outbox_backlog(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
+
+/// Folds stored events into the current state.
+pub fn rebuild(id: TicketId, history: &[StoredEvent]) -> Option<Ticket> {
+    fold(
+        id,
+        history
+            .iter()
+            .map(|e| (e.sequence, e.occurred_at, &e.actor, &e.event)),
+    )
+}
+
+async fn load_events<'e, E>(exec: E, id: TicketId) -> Result<Vec<StoredEvent>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let rows = sqlx::query(
+        "SELECT event_id, sequence, occurred_at, actor, payload, traceparent
+         FROM events WHERE ticket_id = $1 ORDER BY sequence",
+    )
+    .bind(id.as_uuid())
+    .fetch_all(exec)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+            Ok(StoredEvent {
+                event_id: r.get("event_id"),
+                sequence: r.get::<i64, _>("sequence") as u64,
+                occurred_at: r.get("occurred_at"),
+                actor: serde_json::from_value(r.get("actor")).map_err(corrupt)?,
+                event: serde_json::from_value(r.get("payload")).map_err(corrupt)?,
+                traceparent: r.get("traceparent"),
+            })
+        })
+        .collect()
+}
+
+fn summary_from_row(r: &sqlx::postgres::PgRow) -> Result<TicketSummary> {
+    let corrupt = |e: String| StoreError::Corrupt(e);
+    Ok(TicketSummary {
+        id: TicketId::from_uuid(r.get("ticket_id")),
+        number: TicketNumber::parse(r.get("ticket_number")).map_err(|e| corrupt(e.to_string()))?,
+        requester: serde_json::from_value(r.get("requester"))
+            .map_err(|e| corrupt(e.to_string()))?,
+        subject: Subject::parse(r.get("subject")).map_err(|e| corrupt(e.to_string()))?,
+        status: TicketStatus::parse(r.get("status")).map_err(|e| corrupt(e.to_string()))?,
+        created_at: r.get("created_at"),
+        last_activity_at: r.get("last_activity_at"),
+    })
+}
+
+async fn upsert_summary(tx: &mut Transaction<'static, Postgres>, t: &Ticket) -> Result<()> {
+    let account = match &t.requester {
+        Requester::Customer { account_id, .. } => Some(account_id.to_string()),
+        Requester::Guest { .. } => None,
+    };
+    let requester =
+        serde_json::to_value(&t.requester).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO tickets (ticket_id, ticket_number, requester, requester_account_id, subject, status,
+                              created_at, last_activity_at, version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status,
+             last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version",
+    )
+    .bind(t.id.as_uuid())
+    .bind(t.number.get())
+    .bind(requester)
+    .bind(account)
+    .bind(t.subject.as_str())
+    .bind(t.status.as_str())
+    .bind(t.created_at)
+    .bind(t.last_activity_at)
+    .bind(t.version as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// An open write transaction on one ticket.
+pub struct TicketWrite {
+    tx: Transaction<'static, Postgres>,
+    id: TicketId,
+    history: Vec<StoredEvent>,
+    channel: String,
+}
+
+impl TicketWrite {
+    pub fn history(&self) -> &[StoredEvent] {
+        &self.history
+    }
+
+    pub fn state(&self) -> Option<Ticket> {
+        rebuild(self.id, &self.history)
+    }
+
+    /// Appends events after `history`, with their outbox rows, and updates the read model.
+    /// Returns the new state.
+    pub async fn append(
+        &mut self,
+        events: &[StoredEvent],
+        outbox: &[OutboxMessage],
+        state: &Ticket,
+    ) -> Result<()> {
+        for e in events {
+            let payload =
+                serde_json::to_value(&e.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let actor =
+                serde_json::to_value(&e.actor).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO events (ticket_id, sequence, event_id, event_type, schema_version, payload,
+                                     actor, occurred_at, traceparent)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(self.id.as_uuid())
+            .bind(e.sequence as i64)
+            .bind(e.event_id)
+            .bind(e.event.kind().name())
+            .bind(TicketEvent::SCHEMA_VERSION)
+            .bind(payload)
+            .bind(actor)
+            .bind(e.occurred_at)
+            .bind(e.traceparent.as_deref())
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        for m in outbox {
+            let headers =
+                serde_json::to_value(&m.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query("INSERT INTO outbox (event_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5)")
+                .bind(m.event_id)
+                .bind(&m.topic)
+                .bind(&m.key)
+                .bind(&m.value)
+                .bind(headers)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        if !outbox.is_empty() {
+            // Delivered at commit: wakes the relay without waiting for its poll.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&self.channel)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        upsert_summary(&mut self.tx, state).await?;
+        self.history.extend(events.iter().cloned());
+        Ok(())
+    }
+
+    /// Records the idempotency key; a concurrent twin makes this a `Conflict`.
+    pub async fn remember(
+        &mut self,
+        scope: &str,
+        request_id: &str,
+        fingerprint: &str,
+        outcome: &Outcome,
+    ) -> Result<()> {
+        let value =
+            serde_json::to_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, request_id, fingerprint, ticket_id, outcome) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(scope)
+        .bind(request_id)
+        .bind(fingerprint)
+        .bind(outcome.ticket_id)
+        .bind(value)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Keyset pagination position; opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub last_activity_at: DateTime<Utc>,
+    pub ticket_id: Uuid,
+}
+
+impl Cursor {
+    pub fn after(s: &TicketSummary) -> Self {
+        Self {
+            last_activity_at: s.last_activity_at,
+            ticket_id: s.id.as_uuid(),
+        }
+    }
+    pub fn encode(&self) -> String {
+        B64.encode(format!(
+            "{}|{}",
+            self.last_activity_at.timestamp_micros(),
+            self.ticket_id
+        ))
+    }
+    pub fn decode(raw: &str) -> Option<Self> {
+        let bytes = B64.decode(raw).ok()?;
+        let s = String::from_utf8(bytes).ok()?;
+        let (micros, id) = s.split_once('|')?;
+        Some(Self {
+            last_activity_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            ticket_id: Uuid::parse_str(id).ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor {
+            last_activity_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            ticket_id: Uuid::now_v7(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        assert_eq!(Cursor::decode("not-a-cursor"), None);
+    }
+}

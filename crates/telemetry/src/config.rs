@@ -1,0 +1,118 @@
+//! Reading configuration from the environment with every problem reported together, before
+//! anything binds a port.
+
+use std::str::FromStr;
+
+use secrecy::SecretString;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Collects values and errors; `finish` fails with all errors at once.
+pub struct Env<F: Fn(&str) -> Option<String>> {
+    lookup: F,
+    errors: Vec<String>,
+}
+
+impl Env<fn(&str) -> Option<String>> {
+    pub fn from_process() -> Self {
+        fn get(k: &str) -> Option<String> {
+            std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+        }
+        Env {
+            lookup: get,
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    pub fn with_lookup(lookup: F) -> Self {
+        Env {
+            lookup,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn raw(&self, key: &str) -> Option<String> {
+        (self.lookup)(key)
+    }
+
+    pub fn error(&mut self, msg: impl Into<String>) {
+        self.errors.push(msg.into());
+    }
+
+    pub fn string(&mut self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    pub fn required(&mut self, key: &str) -> String {
+        self.raw(key).unwrap_or_else(|| {
+            self.errors.push(format!("{key} is required"));
+            String::new()
+        })
+    }
+
+    pub fn secret(&mut self, key: &str) -> Option<SecretString> {
+        self.raw(key).map(SecretString::from)
+    }
+
+    pub fn parse<T: FromStr>(&mut self, key: &str, default: T) -> T
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.raw(key) {
+            None => default,
+            Some(v) => v.trim().parse().unwrap_or_else(|e| {
+                self.errors.push(format!("{key}={v:?}: {e}"));
+                default
+            }),
+        }
+    }
+
+    pub fn flag(&mut self, key: &str, default: bool) -> bool {
+        match self
+            .raw(key)
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None => default,
+            Some("1" | "true" | "yes" | "on") => true,
+            Some("0" | "false" | "no" | "off") => false,
+            Some(v) => {
+                self.errors
+                    .push(format!("{key}={v:?}: expected true or false"));
+                default
+            }
+        }
+    }
+
+    pub fn finish(self) -> Result<(), ConfigError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(self.errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_errors_are_reported_together() {
+        let mut env = Env::with_lookup(|k| match k {
+            "PORT" => Some("eighty".into()),
+            "FLAG" => Some("maybe".into()),
+            _ => None,
+        });
+        let _: u16 = env.parse("PORT", 1);
+        let _ = env.flag("FLAG", false);
+        let _ = env.required("URL");
+        let err = env.finish().unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+}

@@ -1,0 +1,160 @@
+//! `tidings.ticket.v1.GuestAccessService`: from an emailed link to a one-ticket session.
+//!
+//! Whatever is wrong with a link (unknown ticket, another email, forged), the answer is the
+//! same, so a link reveals nothing about other tickets or addresses.
+
+use std::sync::Arc;
+
+use tidings_domain::{AccessCodeOutcome, Actor, Command, Requester, TicketEvent};
+use tidings_guest_access::{TokenError, UnverifiedLink, generate_code};
+use tidings_proto::ticket::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::{observe, trace_of};
+use crate::clock::Clock;
+use crate::commands::Executor;
+use crate::config::GuestSettings;
+use crate::error::ApiError;
+
+pub struct GuestApi {
+    pub exec: Arc<Executor>,
+    pub guest: GuestSettings,
+    pub clock: Arc<dyn Clock>,
+}
+
+const BAD_LINK: &str = "this link is not valid; open the latest notification email";
+
+impl GuestApi {
+    /// Returns the ticket and the guest email the link is bound to.
+    async fn check_link(
+        &self,
+        token: &str,
+    ) -> Result<(UnverifiedLink, tidings_domain::Email), ApiError> {
+        if token.trim().is_empty() {
+            return Err(ApiError::invalid("link_token", "must not be empty"));
+        }
+        let link =
+            UnverifiedLink::parse(token).map_err(|_| ApiError::Unauthenticated(BAD_LINK.into()))?;
+        let ticket = self.exec.store.load_ticket(link.ticket).await?;
+        let Some(Requester::Guest { email, .. }) = ticket.map(|t| t.requester) else {
+            return Err(ApiError::Unauthenticated(BAD_LINK.into()));
+        };
+        match self
+            .guest
+            .keys
+            .verify_link(&link, &email, self.clock.now(), self.guest.link_ttl)
+        {
+            Ok(()) => Ok((link, email)),
+            Err(TokenError::Expired) => Err(ApiError::Unauthenticated(
+                "this link has expired; open the latest notification email".into(),
+            )),
+            Err(_) => Err(ApiError::Unauthenticated(BAD_LINK.into())),
+        }
+    }
+}
+
+fn never_focus(_: &TicketEvent) -> bool {
+    false
+}
+
+#[tonic::async_trait]
+impl pb::guest_access_service_server::GuestAccessService for GuestApi {
+    async fn request_access_code(
+        &self,
+        req: Request<pb::RequestAccessCodeRequest>,
+    ) -> Result<Response<pb::RequestAccessCodeResponse>, Status> {
+        observe("RequestAccessCode", async {
+            let trace = trace_of(&req);
+            let (link, email) = self.check_link(&req.get_ref().link_token).await?;
+            let code = generate_code();
+            let command = Command::RequestAccessCode {
+                code_hash: self.guest.keys.hash_code(link.ticket, &code),
+                sealed_code: self.guest.sealer.seal(link.ticket, &code),
+                ttl: self.guest.code_ttl,
+                min_interval: self.guest.code_min_interval,
+            };
+            let executed = self
+                .exec
+                .execute(
+                    link.ticket,
+                    Actor::Guest { email },
+                    &|_| true,
+                    command,
+                    None,
+                    trace,
+                    never_focus,
+                )
+                .await?;
+            let expires_at = executed.events.iter().find_map(|e| match e {
+                TicketEvent::AccessCodeRequested { expires_at, .. } => Some(*expires_at),
+                _ => None,
+            });
+            tracing::info!(ticket_id = %link.ticket, "guest access code requested");
+            Ok(pb::RequestAccessCodeResponse {
+                code_expires_at: expires_at.map(tidings_proto::timestamp),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn verify_access_code(
+        &self,
+        req: Request<pb::VerifyAccessCodeRequest>,
+    ) -> Result<Response<pb::VerifyAccessCodeResponse>, Status> {
+        observe("VerifyAccessCode", async {
+            let trace = trace_of(&req);
+            let r = req.get_ref();
+            let code = r.code.trim();
+            if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
+                return Err(ApiError::invalid(
+                    "code",
+                    "must be the 6 digits from the email",
+                ));
+            }
+            let (link, email) = self.check_link(&r.link_token).await?;
+            let command = Command::VerifyAccessCode {
+                code_hash: self.guest.keys.hash_code(link.ticket, code),
+            };
+            let executed = self
+                .exec
+                .execute(
+                    link.ticket,
+                    Actor::Guest {
+                        email: email.clone(),
+                    },
+                    &|_| true,
+                    command,
+                    None,
+                    trace,
+                    never_focus,
+                )
+                .await?;
+            match AccessCodeOutcome::from_events(&executed.events) {
+                Some(AccessCodeOutcome::Granted) => {
+                    let expires_at = self.clock.now() + self.guest.session_ttl;
+                    let token = self
+                        .guest
+                        .keys
+                        .mint_session(link.ticket, &email, expires_at);
+                    tracing::info!(ticket_id = %link.ticket, "guest session granted");
+                    Ok(pb::VerifyAccessCodeResponse {
+                        session_token: token,
+                        session_expires_at: Some(tidings_proto::timestamp(expires_at)),
+                        ticket_id: link.ticket.to_string(),
+                    })
+                }
+                Some(AccessCodeOutcome::Rejected { attempts_left }) => {
+                    Err(ApiError::Unauthenticated(format!(
+                        "the code is not correct; {attempts_left} attempt(s) left"
+                    )))
+                }
+                None => Err(ApiError::Unauthenticated(
+                    "the code could not be checked; request a new one".into(),
+                )),
+            }
+        })
+        .await
+        .map(Response::new)
+    }
+}

@@ -1,0 +1,441 @@
+//! `tidings.ticket.v1.TicketService`.
+
+use std::sync::Arc;
+
+use tidings_auth::{Authenticator, Principal};
+use tidings_domain::{
+    Actor, Body, Command, Email, Locale, RequestId, Requester, Subject, TicketEvent, TicketId,
+};
+use tidings_proto::ticket::v1 as pb;
+use tidings_proto::{View, status_from_wire, status_to_wire, ticket_to_wire};
+use tidings_store::{Cursor, ListFilter, TicketSummary};
+use tonic::{Request, Response, Status};
+
+use super::{bearer, observe, require, trace_of};
+use crate::clock::Clock;
+use crate::commands::{Executor, Idempotency, fingerprint, visible_to};
+use crate::error::ApiError;
+
+pub struct TicketApi {
+    pub exec: Arc<Executor>,
+    pub auth: Arc<Authenticator>,
+    pub clock: Arc<dyn Clock>,
+}
+
+fn ticket_id(raw: &str) -> Result<TicketId, ApiError> {
+    TicketId::parse(raw).map_err(|e| ApiError::invalid("ticket_id", e))
+}
+fn request_id(raw: &str) -> Result<RequestId, ApiError> {
+    RequestId::parse(raw).map_err(|e| ApiError::invalid("request_id", e))
+}
+fn body(field: &'static str, raw: &str) -> Result<Body, ApiError> {
+    Body::parse(raw).map_err(|e| ApiError::invalid(field, e))
+}
+fn is_reply(e: &TicketEvent) -> bool {
+    matches!(e, TicketEvent::ReplyAdded { .. })
+}
+fn is_info(e: &TicketEvent) -> bool {
+    matches!(e, TicketEvent::InfoRequested { .. })
+}
+fn is_resolved(e: &TicketEvent) -> bool {
+    matches!(e, TicketEvent::Resolved { .. })
+}
+fn any(_: &TicketEvent) -> bool {
+    true
+}
+
+fn summary_to_wire(s: &TicketSummary, agent: bool) -> pb::Ticket {
+    let (kind, account) = match &s.requester {
+        Requester::Customer { account_id, .. } => {
+            (pb::AuthorKind::Customer, account_id.to_string())
+        }
+        Requester::Guest { .. } => (pb::AuthorKind::Guest, String::new()),
+    };
+    pb::Ticket {
+        ticket_id: s.id.to_string(),
+        ticket_number: s.number.get(),
+        subject: s.subject.to_string(),
+        status: status_to_wire(s.status) as i32,
+        requester_kind: kind as i32,
+        created_at: Some(tidings_proto::timestamp(s.created_at)),
+        last_activity_at: Some(tidings_proto::timestamp(s.last_activity_at)),
+        messages: vec![],
+        requester_email: if agent {
+            s.requester.email().to_string()
+        } else {
+            String::new()
+        },
+        requester_account_id: if agent { account } else { String::new() },
+    }
+}
+
+impl TicketApi {
+    async fn mutate(
+        &self,
+        principal: Principal,
+        raw_ticket: &str,
+        rid: &str,
+        kind: &str,
+        content: &str,
+        command: Command,
+        trace: tidings_telemetry::trace_context::TraceParent,
+        focus: fn(&TicketEvent) -> bool,
+    ) -> Result<tidings_store::Outcome, ApiError> {
+        let id = ticket_id(raw_ticket)?;
+        let rid = request_id(rid)?;
+        let idem = Idempotency {
+            scope: principal.scope_key(),
+            request_id: rid.as_str(),
+            fingerprint: fingerprint(&[kind, raw_ticket, content]),
+        };
+        let p = principal.clone();
+        let executed = self
+            .exec
+            .execute(
+                id,
+                principal.actor(),
+                &move |t| visible_to(&p, t),
+                command,
+                Some(idem),
+                trace,
+                focus,
+            )
+            .await?;
+        Ok(executed.outcome)
+    }
+}
+
+fn status_of(outcome: &tidings_store::Outcome) -> i32 {
+    tidings_domain::TicketStatus::parse(&outcome.status)
+        .map(|s| status_to_wire(s) as i32)
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl pb::ticket_service_server::TicketService for TicketApi {
+    async fn open_ticket(
+        &self,
+        req: Request<pb::OpenTicketRequest>,
+    ) -> Result<Response<pb::OpenTicketResponse>, Status> {
+        observe("OpenTicket", async {
+            let principal = bearer(&self.auth, &self.clock, &req)?;
+            let trace = trace_of(&req);
+            let r = req.into_inner();
+            let rid = request_id(&r.request_id)?;
+            let subject =
+                Subject::parse(&r.subject).map_err(|e| ApiError::invalid("subject", e))?;
+            let text = body("body", &r.body)?;
+            let (requester, actor, scope) = match (principal, r.guest) {
+                (
+                    Some(Principal::Customer {
+                        account_id,
+                        email,
+                        locale,
+                        display_name,
+                    }),
+                    None,
+                ) => {
+                    let scope = format!("customer:{account_id}");
+                    let actor = Actor::Customer {
+                        account_id: account_id.clone(),
+                        display_name: display_name.clone(),
+                    };
+                    (
+                        Requester::Customer {
+                            account_id,
+                            email,
+                            locale,
+                            display_name,
+                        },
+                        actor,
+                        scope,
+                    )
+                }
+                (Some(Principal::Customer { .. }), Some(_)) => {
+                    return Err(ApiError::invalid(
+                        "guest",
+                        "must be empty for signed-in customers",
+                    ));
+                }
+                (Some(Principal::Agent { .. }), _) => {
+                    return Err(ApiError::PermissionDenied(
+                        "agents do not open tickets; customers and guests do",
+                    ));
+                }
+                (Some(Principal::Guest { .. }), _) => {
+                    return Err(ApiError::PermissionDenied(
+                        "a guest session is bound to its ticket; open new tickets without a token",
+                    ));
+                }
+                (None, None) => {
+                    return Err(ApiError::invalid(
+                        "guest",
+                        "is required without a bearer token (email and locale)",
+                    ));
+                }
+                (None, Some(g)) => {
+                    let email =
+                        Email::parse(&g.email).map_err(|e| ApiError::invalid("guest.email", e))?;
+                    let locale = if g.locale.trim().is_empty() {
+                        Locale::english()
+                    } else {
+                        Locale::parse(&g.locale)
+                            .map_err(|e| ApiError::invalid("guest.locale", e))?
+                    };
+                    let scope = format!("guest-open:{email}");
+                    (
+                        Requester::Guest {
+                            email: email.clone(),
+                            locale,
+                        },
+                        Actor::Guest { email },
+                        scope,
+                    )
+                }
+            };
+            let idem = Idempotency {
+                scope,
+                request_id: rid.as_str(),
+                fingerprint: fingerprint(&["open", subject.as_str(), text.as_str()]),
+            };
+            // Fast path for retries: no ticket number is burnt.
+            if let Some((fp, outcome)) = self
+                .exec
+                .store
+                .find_outcome(&idem.scope, idem.request_id)
+                .await?
+            {
+                if fp != idem.fingerprint {
+                    return Err(ApiError::invalid(
+                        "request_id",
+                        "was already used for a different request",
+                    ));
+                }
+                return Ok(pb::OpenTicketResponse {
+                    ticket_id: outcome.ticket_id.to_string(),
+                    ticket_number: outcome.ticket_number,
+                });
+            }
+            let id = TicketId::new();
+            let number = self.exec.store.next_ticket_number().await?;
+            let command = Command::Open {
+                id,
+                number,
+                requester,
+                subject,
+                body: text,
+            };
+            let executed = self
+                .exec
+                .execute(id, actor, &|_| true, command, Some(idem), trace, any)
+                .await?;
+            Ok(pb::OpenTicketResponse {
+                ticket_id: executed.outcome.ticket_id.to_string(),
+                ticket_number: executed.outcome.ticket_number,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn post_reply(
+        &self,
+        req: Request<pb::PostReplyRequest>,
+    ) -> Result<Response<pb::PostReplyResponse>, Status> {
+        observe("PostReply", async {
+            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
+            let trace = trace_of(&req);
+            let r = req.into_inner();
+            let text = body("body", &r.body)?;
+            let o = self
+                .mutate(
+                    principal,
+                    &r.ticket_id,
+                    &r.request_id,
+                    "reply",
+                    text.as_str(),
+                    Command::PostReply { body: text.clone() },
+                    trace,
+                    is_reply,
+                )
+                .await?;
+            Ok(pb::PostReplyResponse {
+                ticket_id: o.ticket_id.to_string(),
+                sequence: o.sequence,
+                status: status_of(&o),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn request_info(
+        &self,
+        req: Request<pb::RequestInfoRequest>,
+    ) -> Result<Response<pb::RequestInfoResponse>, Status> {
+        observe("RequestInfo", async {
+            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
+            let trace = trace_of(&req);
+            let r = req.into_inner();
+            let text = body("body", &r.body)?;
+            let o = self
+                .mutate(
+                    principal,
+                    &r.ticket_id,
+                    &r.request_id,
+                    "request_info",
+                    text.as_str(),
+                    Command::RequestInfo { body: text.clone() },
+                    trace,
+                    is_info,
+                )
+                .await?;
+            Ok(pb::RequestInfoResponse {
+                ticket_id: o.ticket_id.to_string(),
+                sequence: o.sequence,
+                status: status_of(&o),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn resolve_ticket(
+        &self,
+        req: Request<pb::ResolveTicketRequest>,
+    ) -> Result<Response<pb::ResolveTicketResponse>, Status> {
+        observe("ResolveTicket", async {
+            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
+            let trace = trace_of(&req);
+            let r = req.into_inner();
+            let note = if r.note.trim().is_empty() {
+                None
+            } else {
+                Some(body("note", &r.note)?)
+            };
+            let content = note
+                .as_ref()
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default();
+            let o = self
+                .mutate(
+                    principal,
+                    &r.ticket_id,
+                    &r.request_id,
+                    "resolve",
+                    &content,
+                    Command::Resolve { note },
+                    trace,
+                    is_resolved,
+                )
+                .await?;
+            Ok(pb::ResolveTicketResponse {
+                ticket_id: o.ticket_id.to_string(),
+                sequence: o.sequence,
+                status: status_of(&o),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn get_ticket(
+        &self,
+        req: Request<pb::GetTicketRequest>,
+    ) -> Result<Response<pb::GetTicketResponse>, Status> {
+        observe("GetTicket", async {
+            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
+            let id = ticket_id(&req.get_ref().ticket_id)?;
+            let ticket = self.exec.store.load_ticket(id).await?;
+            let ticket = ticket
+                .filter(|t| visible_to(&principal, t))
+                .ok_or(ApiError::NotFound)?;
+            let agent = matches!(principal, Principal::Agent { .. });
+            Ok(pb::GetTicketResponse {
+                ticket: Some(ticket_to_wire(
+                    &ticket,
+                    View {
+                        with_history: true,
+                        agent,
+                    },
+                )),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn list_tickets(
+        &self,
+        req: Request<pb::ListTicketsRequest>,
+    ) -> Result<Response<pb::ListTicketsResponse>, Status> {
+        observe("ListTickets", async {
+            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
+            let r = req.into_inner();
+            let page_size = match r.page_size {
+                0 => 20,
+                n if n <= 100 => n,
+                n => {
+                    return Err(ApiError::invalid(
+                        "page_size",
+                        format!("must be at most 100 (got {n})"),
+                    ));
+                }
+            };
+            let statuses = r
+                .statuses
+                .iter()
+                .map(|s| status_from_wire(*s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::invalid("statuses", e))?;
+            let after = if r.page_token.is_empty() {
+                None
+            } else {
+                Some(Cursor::decode(&r.page_token).ok_or_else(|| {
+                    ApiError::invalid("page_token", "is not a token this service issued")
+                })?)
+            };
+            let requester_filter = (!r.requester_account_id.trim().is_empty())
+                .then(|| r.requester_account_id.trim().to_owned());
+            let mut filter = ListFilter {
+                statuses,
+                ..Default::default()
+            };
+            match &principal {
+                Principal::Agent { .. } => filter.requester_account_id = requester_filter,
+                Principal::Customer { account_id, .. } => {
+                    if requester_filter
+                        .as_deref()
+                        .is_some_and(|f| f != account_id.as_str())
+                    {
+                        return Err(ApiError::PermissionDenied(
+                            "only agents may list other customers' tickets",
+                        ));
+                    }
+                    filter.requester_account_id = Some(account_id.to_string());
+                }
+                Principal::Guest { ticket, .. } => filter.only_ticket = Some(*ticket),
+            }
+            let mut rows = self
+                .exec
+                .store
+                .list(&filter, after.as_ref(), page_size + 1)
+                .await?;
+            let next = if rows.len() > page_size as usize {
+                rows.truncate(page_size as usize);
+                rows.last()
+                    .map(|s| Cursor::after(s).encode())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let agent = matches!(principal, Principal::Agent { .. });
+            Ok(pb::ListTicketsResponse {
+                tickets: rows.iter().map(|s| summary_to_wire(s, agent)).collect(),
+                next_page_token: next,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+}

@@ -1,0 +1,279 @@
+//! Ticket service configuration, read from the environment and validated as a whole before
+//! anything binds a port. The README has the table of every variable.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tidings_auth::{JwtKey, JwtSettings};
+use tidings_guest_access::{CodeSealer, Keyring};
+use tidings_kafka::KafkaSettings;
+use tidings_telemetry::config::{ConfigError, Env};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    /// `None` disables the admin (metrics) endpoint.
+    pub admin_addr: Option<SocketAddr>,
+    pub database_url: String,
+    pub db_schema: Option<String>,
+    pub db_max_connections: u32,
+    pub kafka: KafkaSettings,
+    pub topics: Topics,
+    pub outbox: OutboxSettings,
+    pub jwt: JwtSettings,
+    pub guest: GuestSettings,
+    pub log_json: bool,
+    pub shutdown_grace: Duration,
+    pub ce_source: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub ticket_events: String,
+    pub access_codes: String,
+    pub partitions: i32,
+    pub replication: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub poll_interval: Duration,
+    pub batch_size: i64,
+    pub message_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct GuestSettings {
+    pub keys: Arc<Keyring>,
+    pub sealer: Arc<CodeSealer>,
+    pub link_ttl: chrono::Duration,
+    pub session_ttl: chrono::Duration,
+    pub code_ttl: chrono::Duration,
+    pub code_min_interval: chrono::Duration,
+}
+
+impl std::fmt::Debug for GuestSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestSettings")
+            .field("keys", &self.keys)
+            .field("link_ttl", &self.link_ttl)
+            .field("session_ttl", &self.session_ttl)
+            .field("code_ttl", &self.code_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_kv_list(raw: &str) -> Result<Vec<(String, String)>, String> {
+    raw.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("{p:?} is not key=value"))
+        })
+        .collect()
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load(Env::from_process())
+    }
+
+    pub fn load<F: Fn(&str) -> Option<String>>(mut env: Env<F>) -> Result<Self, ConfigError> {
+        let grpc_addr = env.parse(
+            "TIDINGS_GRPC_ADDR",
+            SocketAddr::from(([127, 0, 0, 1], 50051)),
+        );
+        let admin_raw = env.string("TIDINGS_ADMIN_ADDR", "127.0.0.1:9464");
+        let admin_addr = if admin_raw == "off" {
+            None
+        } else {
+            match admin_raw.parse() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    env.error(format!("TIDINGS_ADMIN_ADDR={admin_raw:?}: {e}"));
+                    None
+                }
+            }
+        };
+        let database_url = env.required("DATABASE_URL");
+        let db_schema = env.raw("TIDINGS_DB_SCHEMA");
+        if let Some(s) = &db_schema {
+            if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                env.error(format!(
+                    "TIDINGS_DB_SCHEMA={s:?}: use letters, digits and _"
+                ));
+            }
+        }
+        let db_max_connections = env.parse("TIDINGS_DB_MAX_CONNECTIONS", 16u32);
+        let brokers = env.required("KAFKA_BROKERS");
+        let extra = match env
+            .raw("TIDINGS_KAFKA_PROPERTIES")
+            .map(|r| parse_kv_list(&r))
+        {
+            None => vec![],
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                env.error(format!("TIDINGS_KAFKA_PROPERTIES: {e}"));
+                vec![]
+            }
+        };
+        let topics = Topics {
+            ticket_events: env.string("TIDINGS_TICKET_EVENTS_TOPIC", "tidings.ticket-events.v1"),
+            access_codes: env.string(
+                "TIDINGS_ACCESS_CODES_TOPIC",
+                "tidings.guest-access-codes.v1",
+            ),
+            partitions: env.parse("TIDINGS_TOPIC_PARTITIONS", 6i32),
+            replication: env.parse("TIDINGS_TOPIC_REPLICATION", 1i32),
+        };
+        if topics.partitions < 1 {
+            env.error("TIDINGS_TOPIC_PARTITIONS must be at least 1");
+        }
+        let outbox = OutboxSettings {
+            poll_interval: Duration::from_millis(env.parse("TIDINGS_OUTBOX_POLL_MS", 500u64)),
+            batch_size: env.parse("TIDINGS_OUTBOX_BATCH_SIZE", 500i64),
+            message_timeout: Duration::from_millis(
+                env.parse("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", 5000u64),
+            ),
+        };
+        if outbox.batch_size < 1 {
+            env.error("TIDINGS_OUTBOX_BATCH_SIZE must be at least 1");
+        }
+
+        let algorithm = env.string("TIDINGS_JWT_ALGORITHM", "HS256");
+        let key = match algorithm.as_str() {
+            "HS256" => match env.secret("TIDINGS_JWT_HS256_SECRET") {
+                Some(s) => Some(JwtKey::Hs256(s)),
+                None => {
+                    env.error(
+                        "TIDINGS_JWT_HS256_SECRET is required when TIDINGS_JWT_ALGORITHM=HS256",
+                    );
+                    None
+                }
+            },
+            "RS256" | "ES256" => match env
+                .raw("TIDINGS_JWT_PUBLIC_KEY_FILE")
+                .map(std::fs::read_to_string)
+            {
+                Some(Ok(pem)) if algorithm == "RS256" => Some(JwtKey::Rs256Pem(pem)),
+                Some(Ok(pem)) => Some(JwtKey::Es256Pem(pem)),
+                Some(Err(e)) => {
+                    env.error(format!("TIDINGS_JWT_PUBLIC_KEY_FILE: {e}"));
+                    None
+                }
+                None => {
+                    env.error(format!("TIDINGS_JWT_PUBLIC_KEY_FILE is required when TIDINGS_JWT_ALGORITHM={algorithm}"));
+                    None
+                }
+            },
+            other => {
+                env.error(format!(
+                    "TIDINGS_JWT_ALGORITHM={other:?}: expected HS256, RS256 or ES256"
+                ));
+                None
+            }
+        };
+        let jwt = JwtSettings {
+            key: key.unwrap_or_else(|| JwtKey::Hs256(SecretString::from(String::new()))),
+            issuer: env.raw("TIDINGS_JWT_ISSUER"),
+            audience: env.raw("TIDINGS_JWT_AUDIENCE"),
+            agent_role: env.string("TIDINGS_JWT_AGENT_ROLE", "agent"),
+        };
+
+        let keys = match env.secret("TIDINGS_GUEST_KEYS").map(|s| Keyring::parse(&s)) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                env.error(format!("TIDINGS_GUEST_KEYS: {e}"));
+                None
+            }
+            None => {
+                env.error("TIDINGS_GUEST_KEYS is required (kid:base64 of >= 32 random bytes)");
+                None
+            }
+        };
+        let sealer = match env
+            .secret("TIDINGS_CODE_SEAL_KEY")
+            .map(|s| CodeSealer::parse(&s))
+        {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                env.error(format!("TIDINGS_CODE_SEAL_KEY: {e}"));
+                None
+            }
+            None => {
+                env.error("TIDINGS_CODE_SEAL_KEY is required (base64 of 32 random bytes)");
+                None
+            }
+        };
+        let link_ttl = chrono::Duration::days(env.parse("TIDINGS_GUEST_LINK_TTL_DAYS", 30i64));
+        let session_ttl =
+            chrono::Duration::hours(env.parse("TIDINGS_GUEST_SESSION_TTL_HOURS", 24i64));
+        let code_ttl = chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_TTL_SECS", 600i64));
+        let code_min_interval =
+            chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_MIN_INTERVAL_SECS", 60i64));
+        let log_json = match env.string("TIDINGS_LOG_FORMAT", "text").as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                env.error(format!(
+                    "TIDINGS_LOG_FORMAT={other:?}: expected text or json"
+                ));
+                false
+            }
+        };
+        let shutdown_grace = Duration::from_secs(env.parse("TIDINGS_SHUTDOWN_GRACE_SECS", 10u64));
+        let ce_source = env.string("TIDINGS_CE_SOURCE", "/tidings/ticket-service");
+        env.finish()?;
+
+        Ok(Config {
+            grpc_addr,
+            admin_addr,
+            database_url,
+            db_schema,
+            db_max_connections,
+            kafka: KafkaSettings { brokers, extra },
+            topics,
+            outbox,
+            jwt,
+            guest: GuestSettings {
+                keys: Arc::new(keys.expect("checked by finish")),
+                sealer: Arc::new(sealer.expect("checked by finish")),
+                link_ttl,
+                session_ttl,
+                code_ttl,
+                code_min_interval,
+            },
+            log_json,
+            shutdown_grace,
+            ce_source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_bad_values_are_all_reported() {
+        let env = Env::with_lookup(|k| match k {
+            "TIDINGS_GRPC_ADDR" => Some("nowhere".into()),
+            "TIDINGS_GUEST_KEYS" => Some("k1:short".into()),
+            _ => None,
+        });
+        let err = Config::load(env).unwrap_err().to_string();
+        for needle in [
+            "TIDINGS_GRPC_ADDR",
+            "DATABASE_URL",
+            "KAFKA_BROKERS",
+            "TIDINGS_JWT_HS256_SECRET",
+            "TIDINGS_GUEST_KEYS",
+            "TIDINGS_CODE_SEAL_KEY",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+}

@@ -1,0 +1,58 @@
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ticket_service::{Application, Config, SystemClock};
+
+/// Tidings ticket service. Configuration comes from the environment (see README).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve gRPC and relay the outbox (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Rebuild the ticket list read model from the event log and exit.
+    RebuildReadModel,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::from_env()?;
+    tidings_telemetry::init_tracing(config.log_json);
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => {
+            let grace = config.shutdown_grace;
+            let app = Application::build(config, Arc::new(SystemClock)).await?;
+            app.run_until(tidings_telemetry::shutdown_signal(), grace)
+                .await
+        }
+        Cmd::Migrate => {
+            let pool = tidings_store::connect(&config.database_url, config.db_schema.as_deref(), 2)
+                .await?;
+            tidings_store::migrate(&pool, config.db_schema.as_deref())
+                .await
+                .context("migrating")?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Cmd::RebuildReadModel => {
+            let pool = tidings_store::connect(&config.database_url, config.db_schema.as_deref(), 2)
+                .await?;
+            tidings_store::migrate(&pool, config.db_schema.as_deref()).await?;
+            let n = tidings_store::EventStore::new(pool)
+                .await?
+                .rebuild_read_model()
+                .await?;
+            tracing::info!(tickets = n, "read model rebuilt");
+            Ok(())
+        }
+    }
+}

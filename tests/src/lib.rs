@@ -1,0 +1,308 @@
+//! Test helpers: start the ticket service in-process on port 0 against the real Postgres and
+//! broker, each test with its own schema and topics; read what reached Kafka; run a private
+//! broker for outage tests. Connection settings come from the same variables as the service
+//! (`DATABASE_URL`, `KAFKA_BROKERS`), which `make test` exports.
+
+pub mod broker;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use secrecy::SecretString;
+use ticket_service::config::Config;
+use ticket_service::{Application, ManualClock};
+use tidings_auth::{Claims, mint_hs256};
+use tidings_guest_access::{CodeSealer, Keyring};
+use tidings_proto::ticket::v1::guest_access_service_client::GuestAccessServiceClient;
+use tidings_proto::ticket::v1::ticket_service_client::TicketServiceClient;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret";
+pub const GUEST_KEYS: &str = "t1:dGVzdC1ndWVzdC1rZXktdGVzdC1ndWVzdC1rZXktdGVzdA==";
+pub const SEAL_KEY: &str = "c2VhbC1rZXktc2VhbC1rZXktc2VhbC1rZXktc2VhbC0=";
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+pub fn keyring() -> Keyring {
+    Keyring::parse(&SecretString::from(GUEST_KEYS.to_owned())).expect("test keys")
+}
+
+pub fn sealer() -> CodeSealer {
+    CodeSealer::parse(&SecretString::from(SEAL_KEY.to_owned())).expect("test seal key")
+}
+
+/// Builds the service configuration the way production does: from variables.
+pub fn config_for(schema: &str, ticket_topic: &str, codes_topic: &str, brokers: &str) -> Config {
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("TIDINGS_GRPC_ADDR", "127.0.0.1:0".to_owned()),
+        ("TIDINGS_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("DATABASE_URL", database_url()),
+        ("TIDINGS_DB_SCHEMA", schema.to_owned()),
+        ("TIDINGS_DB_MAX_CONNECTIONS", "8".to_owned()),
+        ("KAFKA_BROKERS", brokers.to_owned()),
+        ("TIDINGS_TICKET_EVENTS_TOPIC", ticket_topic.to_owned()),
+        ("TIDINGS_ACCESS_CODES_TOPIC", codes_topic.to_owned()),
+        ("TIDINGS_TOPIC_PARTITIONS", "3".to_owned()),
+        ("TIDINGS_OUTBOX_POLL_MS", "200".to_owned()),
+        ("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", "3000".to_owned()),
+        ("TIDINGS_JWT_HS256_SECRET", JWT_SECRET.to_owned()),
+        ("TIDINGS_GUEST_KEYS", GUEST_KEYS.to_owned()),
+        ("TIDINGS_CODE_SEAL_KEY", SEAL_KEY.to_owned()),
+    ]);
+    let env = tidings_telemetry::config::Env::with_lookup(move |k| vars.get(k).cloned());
+    Config::load(env).expect("test configuration is valid")
+}
+
+pub struct TestApp {
+    pub app: Option<Application>,
+    pub addr: std::net::SocketAddr,
+    pub schema: String,
+    pub topic: String,
+    pub codes_topic: String,
+    pub clock: ManualClock,
+    pub pool: sqlx::PgPool,
+    pub brokers: String,
+}
+
+pub struct SpawnOptions {
+    pub brokers: String,
+    pub schema: Option<String>,
+    pub topic: Option<String>,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        Self {
+            brokers: kafka_brokers(),
+            schema: None,
+            topic: None,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(SpawnOptions::default()).await
+}
+
+pub async fn spawn_app_with(opts: SpawnOptions) -> TestApp {
+    let id = Uuid::new_v4().simple().to_string();
+    let schema = opts.schema.unwrap_or_else(|| format!("t_{id}"));
+    let topic = opts
+        .topic
+        .unwrap_or_else(|| format!("test.ticket-events.{id}"));
+    let codes_topic = format!("{topic}.codes");
+    let config = config_for(&schema, &topic, &codes_topic, &opts.brokers);
+    let clock = ManualClock::new(Utc::now());
+    let app = Application::build(config, Arc::new(clock.clone()))
+        .await
+        .expect("service starts");
+    let addr = app.grpc_addr();
+    let pool = tidings_store::connect(&database_url(), Some(&schema), 2)
+        .await
+        .expect("test pool");
+    TestApp {
+        app: Some(app),
+        addr,
+        schema,
+        topic,
+        codes_topic,
+        clock,
+        pool,
+        brokers: opts.brokers,
+    }
+}
+
+impl TestApp {
+    pub async fn tickets(&self) -> TicketServiceClient<Channel> {
+        TicketServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("grpc connect")
+    }
+
+    pub async fn guests(&self) -> GuestAccessServiceClient<Channel> {
+        GuestAccessServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("grpc connect")
+    }
+
+    /// Stops the service gracefully (drains the relay).
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.run_until(async {}, Duration::from_secs(10))
+                .await
+                .expect("clean stop");
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+
+    /// Reads the ticket topic until `n` records arrived (or panics at the deadline).
+    pub async fn read_topic(&self, n: usize) -> Vec<OwnedMessage> {
+        read_topic(&self.brokers, &self.topic, n, Duration::from_secs(20)).await
+    }
+}
+
+pub fn customer_claims(sub: &str) -> Claims {
+    Claims {
+        sub: sub.into(),
+        email: Some(format!("{sub}@example.com")),
+        locale: Some("it".into()),
+        name: Some(format!("{sub} Rossi")),
+        exp: Utc::now().timestamp() + 3600,
+        ..Default::default()
+    }
+}
+
+pub fn token(claims: &Claims) -> String {
+    mint_hs256(&SecretString::from(JWT_SECRET.to_owned()), claims)
+}
+
+pub fn customer(sub: &str) -> String {
+    token(&customer_claims(sub))
+}
+
+pub fn agent(sub: &str) -> String {
+    token(&Claims {
+        role: Some("agent".into()),
+        email: None,
+        name: Some("Giulia (support)".into()),
+        ..customer_claims(sub)
+    })
+}
+
+/// Wraps a message with a bearer token.
+pub fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    req
+}
+
+pub fn rid() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// Consumes `topic` from the beginning of every partition (no group coordination, so it is
+/// fast and independent of other tests) until `n` records or the deadline.
+pub async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-reader-{}", Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let deadline = tokio::time::Instant::now() + within;
+    let partitions = loop {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
+        if let Ok(md) = md {
+            if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+                if !t.partitions().is_empty() {
+                    break t.partitions().len() as i32;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "topic {topic} never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("kafka error while reading {topic}: {e}"),
+            Err(_) => panic!("only {} of {n} records arrived on {topic}", out.len()),
+        }
+    }
+    out
+}
+
+/// Asserts nothing beyond `n` records is on the topic after waiting `settle`.
+pub fn count_topic_now(brokers: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-counter-{}", Uuid::new_v4()))
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .expect("metadata");
+    let mut total = 0;
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (lo, hi) = consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                .expect("watermarks");
+            total += hi - lo;
+        }
+    }
+    total
+}
+
+pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a str> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+pub fn decode(m: &OwnedMessage) -> tidings_proto::events::v1::TicketEvent {
+    use prost::Message as _;
+    tidings_proto::events::v1::TicketEvent::decode(m.payload().expect("payload"))
+        .expect("protobuf event")
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

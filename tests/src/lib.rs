@@ -127,6 +127,11 @@ pub async fn spawn_app_with(opts: SpawnOptions) -> TestApp {
 }
 
 impl TestApp {
+    pub fn clock_now(&self) -> chrono::DateTime<Utc> {
+        use ticket_service::Clock;
+        self.clock.now()
+    }
+
     pub async fn tickets(&self) -> TicketServiceClient<Channel> {
         TicketServiceClient::connect(format!("http://{}", self.addr))
             .await

@@ -1,0 +1,369 @@
+//! Guest access: an emailed link bound to (ticket, email) -> a one-time code by email -> a
+//! session for that one ticket. The code reaches the mailer sealed; it is never stored or
+//! published in plaintext.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tidings_domain::{Email, TicketId};
+use tidings_proto::events::v1::ticket_event::Kind;
+use tidings_proto::ticket::v1::*;
+use tidings_tests::*;
+use tonic::Code;
+
+async fn open_guest_ticket(app: &TestApp, email: &str) -> TicketId {
+    let r = app
+        .tickets()
+        .await
+        .open_ticket(OpenTicketRequest {
+            request_id: rid(),
+            subject: "Cannot log in".into(),
+            body: "I filed this without an account".into(),
+            guest: Some(GuestRequester {
+                email: email.into(),
+                locale: "it".into(),
+            }),
+        })
+        .await
+        .expect("guest opens a ticket without a token")
+        .into_inner();
+    TicketId::parse(&r.ticket_id).unwrap()
+}
+
+/// What the email dispatcher does: mint the link that goes in the notification email.
+fn link_for(ticket: TicketId, email: &str) -> String {
+    keyring().mint_link(ticket, &Email::parse(email).unwrap(), Utc::now())
+}
+
+/// What the email dispatcher does with a code request: read it from the codes topic and
+/// open the sealed code. Returns the n-th code requested on this app.
+async fn emailed_code(app: &TestApp, ticket: TicketId, nth: usize) -> String {
+    let records = read_topic(&app.brokers, &app.codes_topic, nth, Duration::from_secs(20)).await;
+    let event = decode(&records[nth - 1]);
+    let Some(Kind::AccessCodeRequested(req)) = event.kind else {
+        panic!("not a code request: {event:?}")
+    };
+    sealer()
+        .open(ticket, &req.sealed_code)
+        .expect("sealed with the shared key")
+}
+
+#[tokio::test]
+async fn guest_gets_a_session_for_exactly_their_ticket_after_entering_the_emailed_code() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let other = open_guest_ticket(&app, "someone@example.com").await;
+    let link = link_for(ticket, "guest@example.com");
+    let mut g = app.guests().await;
+
+    let requested = g
+        .request_access_code(RequestAccessCodeRequest {
+            link_token: link.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let expires = requested.code_expires_at.unwrap();
+    assert_eq!(
+        expires.seconds,
+        (app.clock_now() + chrono::Duration::minutes(10)).timestamp()
+    );
+    let code = emailed_code(&app, ticket, 1).await;
+    assert_eq!(code.len(), 6);
+
+    let session = g
+        .verify_access_code(VerifyAccessCodeRequest {
+            link_token: link.clone(),
+            code: code.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(session.ticket_id, ticket.to_string());
+
+    let mut c = app.tickets().await;
+    let t = c
+        .get_ticket(authed(
+            &session.session_token,
+            GetTicketRequest {
+                ticket_id: ticket.to_string(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
+    assert_eq!(t.messages[0].body, "I filed this without an account");
+    let reply = c
+        .post_reply(authed(
+            &session.session_token,
+            PostReplyRequest {
+                request_id: rid(),
+                ticket_id: ticket.to_string(),
+                body: "Here is a screenshot description".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.sequence > 1);
+    let e = c
+        .get_ticket(authed(
+            &session.session_token,
+            GetTicketRequest {
+                ticket_id: other.to_string(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let listed = c
+        .list_tickets(authed(
+            &session.session_token,
+            ListTicketsRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .tickets
+            .iter()
+            .map(|t| t.ticket_id.clone())
+            .collect::<Vec<_>>(),
+        vec![ticket.to_string()]
+    );
+    // Guests cannot do agents' work either.
+    let e = c
+        .resolve_ticket(authed(
+            &session.session_token,
+            ResolveTicketRequest {
+                request_id: rid(),
+                ticket_id: ticket.to_string(),
+                note: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+
+    // A code is single-use.
+    let e = g
+        .verify_access_code(VerifyAccessCodeRequest {
+            link_token: link,
+            code,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    // Guest access is audited as events on the ticket.
+    assert_eq!(app.count("SELECT count(*) FROM events WHERE event_type IN ('AccessCodeRequested', 'GuestAccessGranted')").await, 2);
+}
+
+#[tokio::test]
+async fn a_link_only_works_for_the_ticket_and_email_it_was_minted_for() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let customer_ticket = app
+        .tickets()
+        .await
+        .open_ticket(authed(
+            &customer("ann"),
+            OpenTicketRequest {
+                request_id: rid(),
+                subject: "s".into(),
+                body: "b".into(),
+                guest: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket_id;
+    let mut g = app.guests().await;
+    let attempts = [
+        link_for(ticket, "other@example.com"),
+        link_for(TicketId::new(), "guest@example.com"),
+        link_for(
+            TicketId::parse(&customer_ticket).unwrap(),
+            "ann@example.com",
+        ),
+        "gl1.t1.garbage.garbage".to_owned(),
+    ];
+    let mut messages = Vec::new();
+    for link in attempts {
+        let e = g
+            .request_access_code(RequestAccessCodeRequest { link_token: link })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        messages.push(e.message().to_owned());
+    }
+    messages.dedup();
+    assert_eq!(
+        messages.len(),
+        1,
+        "every bad link gets the same answer: {messages:?}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE event_type = 'AccessCodeRequested'")
+            .await,
+        0
+    );
+
+    // An old link has expired (30 days).
+    let old = keyring().mint_link(
+        ticket,
+        &Email::parse("guest@example.com").unwrap(),
+        Utc::now() - chrono::Duration::days(31),
+    );
+    let e = g
+        .request_access_code(RequestAccessCodeRequest { link_token: old })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("expired"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_code_expires_after_ten_minutes() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let link = link_for(ticket, "guest@example.com");
+    let mut g = app.guests().await;
+    g.request_access_code(RequestAccessCodeRequest {
+        link_token: link.clone(),
+    })
+    .await
+    .unwrap();
+    let code = emailed_code(&app, ticket, 1).await;
+    app.clock.advance(chrono::Duration::minutes(10));
+    let e = g
+        .verify_access_code(VerifyAccessCodeRequest {
+            link_token: link,
+            code,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("expired"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn five_wrong_codes_burn_the_code_even_for_the_right_one_after() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let link = link_for(ticket, "guest@example.com");
+    let mut g = app.guests().await;
+    g.request_access_code(RequestAccessCodeRequest {
+        link_token: link.clone(),
+    })
+    .await
+    .unwrap();
+    let code = emailed_code(&app, ticket, 1).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for left in (0..5).rev() {
+        let e = g
+            .verify_access_code(VerifyAccessCodeRequest {
+                link_token: link.clone(),
+                code: wrong.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert!(
+            e.message().contains(&format!("{left} attempt")),
+            "{}",
+            e.message()
+        );
+    }
+    let e = g
+        .verify_access_code(VerifyAccessCodeRequest {
+            link_token: link,
+            code,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn code_requests_are_rate_limited_to_one_a_minute_per_ticket() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let link = link_for(ticket, "guest@example.com");
+    let mut g = app.guests().await;
+    g.request_access_code(RequestAccessCodeRequest {
+        link_token: link.clone(),
+    })
+    .await
+    .unwrap();
+    app.clock.advance(chrono::Duration::seconds(30));
+    let e = g
+        .request_access_code(RequestAccessCodeRequest {
+            link_token: link.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert_eq!(
+        e.metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    app.clock.advance(chrono::Duration::seconds(31));
+    g.request_access_code(RequestAccessCodeRequest {
+        link_token: link.clone(),
+    })
+    .await
+    .unwrap();
+    // The newest code is the one that counts.
+    let code = emailed_code(&app, ticket, 2).await;
+    g.verify_access_code(VerifyAccessCodeRequest {
+        link_token: link,
+        code,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_code_is_never_in_plaintext_in_the_events_the_outbox_or_either_topic() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let link = link_for(ticket, "guest@example.com");
+    app.guests()
+        .await
+        .request_access_code(RequestAccessCodeRequest { link_token: link })
+        .await
+        .unwrap();
+    let code = emailed_code(&app, ticket, 1).await;
+
+    let in_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'")
+            .bind(&code)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let in_outbox: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE position(convert_to($1, 'UTF8') IN value) > 0 OR headers::text LIKE '%' || $1 || '%'",
+    )
+    .bind(&code)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((in_events, in_outbox), (0, 0));
+    for topic in [&app.topic, &app.codes_topic] {
+        let n = if topic == &app.topic { 2 } else { 1 };
+        for m in read_topic(&app.brokers, topic, n, Duration::from_secs(20)).await {
+            let value = rdkafka::message::Message::payload(&m).unwrap();
+            assert!(
+                !value.windows(6).any(|w| w == code.as_bytes()),
+                "plaintext code on {topic}"
+            );
+        }
+    }
+}

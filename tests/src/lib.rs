@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use secrecy::SecretString;
@@ -45,9 +45,14 @@ pub fn sealer() -> CodeSealer {
     CodeSealer::parse(&SecretString::from(SEAL_KEY.to_owned())).expect("test seal key")
 }
 
-/// Builds the service configuration the way production does: from variables.
-pub fn config_for(schema: &str, ticket_topic: &str, codes_topic: &str, brokers: &str) -> Config {
-    let vars: HashMap<&str, String> = HashMap::from([
+/// The service's environment for a test: what an operator would set.
+pub fn service_vars(
+    schema: &str,
+    ticket_topic: &str,
+    codes_topic: &str,
+    brokers: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
         ("TIDINGS_GRPC_ADDR", "127.0.0.1:0".to_owned()),
         ("TIDINGS_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", database_url()),
@@ -62,7 +67,14 @@ pub fn config_for(schema: &str, ticket_topic: &str, codes_topic: &str, brokers: 
         ("TIDINGS_JWT_HS256_SECRET", JWT_SECRET.to_owned()),
         ("TIDINGS_GUEST_KEYS", GUEST_KEYS.to_owned()),
         ("TIDINGS_CODE_SEAL_KEY", SEAL_KEY.to_owned()),
-    ]);
+    ]
+}
+
+/// Builds the service configuration the way production does: from variables.
+pub fn config_for(schema: &str, ticket_topic: &str, codes_topic: &str, brokers: &str) -> Config {
+    let vars: HashMap<&str, String> = service_vars(schema, ticket_topic, codes_topic, brokers)
+        .into_iter()
+        .collect();
     let env = tidings_telemetry::config::Env::with_lookup(move |k| vars.get(k).cloned());
     Config::load(env).expect("test configuration is valid")
 }
@@ -99,6 +111,8 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(opts: SpawnOptions) -> TestApp {
+    // Logs show up in a failing test's output (nextest captures them per test).
+    tidings_telemetry::init_tracing(false);
     let id = Uuid::new_v4().simple().to_string();
     let schema = opts.schema.unwrap_or_else(|| format!("t_{id}"));
     let topic = opts
@@ -225,12 +239,11 @@ pub async fn read_topic(
     let deadline = tokio::time::Instant::now() + within;
     let partitions = loop {
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
-        if let Ok(md) = md {
-            if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
-                if !t.partitions().is_empty() {
-                    break t.partitions().len() as i32;
-                }
-            }
+        if let Ok(md) = md
+            && let Some(t) = md.topics().iter().find(|t| t.name() == topic)
+            && !t.partitions().is_empty()
+        {
+            break t.partitions().len() as i32;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -254,28 +267,6 @@ pub async fn read_topic(
         }
     }
     out
-}
-
-/// Asserts nothing beyond `n` records is on the topic after waiting `settle`.
-pub fn count_topic_now(brokers: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("test-counter-{}", Uuid::new_v4()))
-        .create()
-        .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .expect("metadata");
-    let mut total = 0;
-    for t in md.topics() {
-        for p in t.partitions() {
-            let (lo, hi) = consumer
-                .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
-                .expect("watermarks");
-            total += hi - lo;
-        }
-    }
-    total
 }
 
 pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a str> {

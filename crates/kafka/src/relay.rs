@@ -66,7 +66,7 @@ impl OutboxRelay {
 
     /// Runs until `shutdown`, then publishes what is pending (bounded by the message timeout)
     /// and flushes the producer.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut listener = match PgListener::connect_with(&self.pool).await {
             Ok(mut l) => match l.listen(&self.config.notify_channel).await {
                 Ok(()) => Some(l),
@@ -93,6 +93,13 @@ impl OutboxRelay {
                             .await
                     {
                         tracing::debug!(error = %e, "re-creating topics failed");
+                    }
+                    // The idempotent producer's id and sequence numbers may be unknown to a
+                    // broker that lost its state, which stalls it for good. Unacknowledged
+                    // rows are still in the outbox, so a fresh producer loses nothing.
+                    match self.settings.producer(self.config.message_timeout) {
+                        Ok(p) => self.producer = p,
+                        Err(e) => tracing::warn!(error = %e, "recreating kafka producer failed"),
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -175,6 +182,11 @@ impl OutboxRelay {
         if rows.is_empty() {
             return Ok(0);
         }
+        tracing::debug!(
+            rows = rows.len(),
+            first_id = rows[0].id,
+            "publishing outbox batch"
+        );
         // Enqueue the whole batch, then wait for every acknowledgement. The idempotent
         // producer keeps per-partition order even when it retries internally.
         let deliveries = rows.iter().map(|row| {

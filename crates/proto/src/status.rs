@@ -18,10 +18,10 @@ pub fn domain_code(e: &DomainError) -> Code {
 
 pub fn domain_status(e: &DomainError) -> Status {
     let mut status = Status::new(domain_code(e), e.to_string());
-    if let DomainError::RateLimited { retry_after_secs } = e {
-        if let Ok(v) = retry_after_secs.to_string().parse() {
-            status.metadata_mut().insert("retry-after", v);
-        }
+    if let DomainError::RateLimited { retry_after_secs } = e
+        && let Ok(v) = retry_after_secs.to_string().parse()
+    {
+        status.metadata_mut().insert("retry-after", v);
     }
     status
 }

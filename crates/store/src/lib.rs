@@ -35,10 +35,10 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         // Unique violations are how Postgres tells us a concurrent writer won.
-        if let sqlx::Error::Database(db) = &e {
-            if db.code().as_deref() == Some("23505") {
-                return StoreError::Conflict;
-            }
+        if let sqlx::Error::Database(db) = &e
+            && db.code().as_deref() == Some("23505")
+        {
+            return StoreError::Conflict;
         }
         StoreError::Database(e)
     }

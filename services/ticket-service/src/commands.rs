@@ -46,6 +46,19 @@ pub fn fingerprint(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// One write: the command, who gives it, and how to answer.
+pub struct Write<'a> {
+    pub id: TicketId,
+    pub actor: Actor,
+    /// Guards existing tickets: callers who may not see it get `NOT_FOUND`.
+    pub visible: &'a (dyn Fn(&Ticket) -> bool + Sync),
+    pub command: Command,
+    pub idem: Option<Idempotency<'a>>,
+    pub trace: TraceParent,
+    /// Picks the event whose sequence the caller gets back.
+    pub focus: fn(&TicketEvent) -> bool,
+}
+
 pub struct Executed {
     pub outcome: Outcome,
     pub events: Vec<TicketEvent>,
@@ -67,41 +80,29 @@ pub fn visible_to(principal: &Principal, ticket: &Ticket) -> bool {
 }
 
 impl Executor {
-    /// Runs `command` on ticket `id` as `actor`. `visible` guards existing tickets.
-    pub async fn execute(
-        &self,
-        id: TicketId,
-        actor: Actor,
-        visible: &(dyn Fn(&Ticket) -> bool + Sync),
-        command: Command,
-        idem: Option<Idempotency<'_>>,
-        trace: TraceParent,
-        focus: fn(&TicketEvent) -> bool,
-    ) -> Result<Executed, ApiError> {
+    /// Runs a write, retrying against fresh state when a concurrent writer won.
+    pub async fn execute(&self, w: Write<'_>) -> Result<Executed, ApiError> {
+        let id = w.id;
         for attempt in 1..=MAX_ATTEMPTS {
-            if let Some(idem) = &idem {
-                if let Some((fp, outcome)) = self
+            if let Some(idem) = &w.idem
+                && let Some((fp, outcome)) = self
                     .store
                     .find_outcome(&idem.scope, idem.request_id)
                     .await?
-                {
-                    if fp != idem.fingerprint {
-                        return Err(ApiError::invalid(
-                            "request_id",
-                            "was already used for a different request",
-                        ));
-                    }
-                    return Ok(Executed {
-                        outcome,
-                        events: vec![],
-                        state: None,
-                    });
-                }
-            }
-            match self
-                .try_once(id, &actor, visible, &command, idem.as_ref(), trace, focus)
-                .await
             {
+                if fp != idem.fingerprint {
+                    return Err(ApiError::invalid(
+                        "request_id",
+                        "was already used for a different request",
+                    ));
+                }
+                return Ok(Executed {
+                    outcome,
+                    events: vec![],
+                    state: None,
+                });
+            }
+            match self.try_once(&w).await {
                 Err(ApiError::Store(StoreError::Conflict)) if attempt < MAX_ATTEMPTS => {
                     metrics::counter!("tidings_write_conflicts_total").increment(1);
                     tracing::debug!(ticket_id = %id, attempt, "write conflict, retrying");
@@ -114,23 +115,24 @@ impl Executor {
         Err(ApiError::Contended)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn try_once(
-        &self,
-        id: TicketId,
-        actor: &Actor,
-        visible: &(dyn Fn(&Ticket) -> bool + Sync),
-        command: &Command,
-        idem: Option<&Idempotency<'_>>,
-        trace: TraceParent,
-        focus: fn(&TicketEvent) -> bool,
-    ) -> Result<Executed, ApiError> {
+    async fn try_once(&self, w: &Write<'_>) -> Result<Executed, ApiError> {
+        let Write {
+            id,
+            actor,
+            visible,
+            command,
+            idem,
+            trace,
+            focus,
+        } = w;
+        let id = *id;
         let mut tx = self.store.begin(id).await?;
         let state = tx.state();
-        if let Some(t) = &state {
-            if !matches!(command, Command::Open { .. }) && !visible(t) {
-                return Err(ApiError::NotFound);
-            }
+        if let Some(t) = &state
+            && !matches!(command, Command::Open { .. })
+            && !visible(t)
+        {
+            return Err(ApiError::NotFound);
         }
         let now = self.clock.now();
         let decided = decide(
@@ -152,6 +154,7 @@ impl Executor {
         let mut focus_seq = None;
         let base = state.as_ref().map(|t| t.version).unwrap_or(0);
         let tp = trace.to_string();
+        let focus = *focus;
         for (i, event) in decided.iter().enumerate() {
             let sequence = base + i as u64 + 1;
             let event_id = Uuid::now_v7();

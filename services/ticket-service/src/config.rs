@@ -65,8 +65,9 @@ impl std::fmt::Debug for GuestSettings {
     }
 }
 
+/// `key=value;key=value` — semicolons, because librdkafka values may contain commas.
 fn parse_kv_list(raw: &str) -> Result<Vec<(String, String)>, String> {
-    raw.split(',')
+    raw.split(';')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
             p.split_once('=')
@@ -100,12 +101,12 @@ impl Config {
         };
         let database_url = env.required("DATABASE_URL");
         let db_schema = env.raw("TIDINGS_DB_SCHEMA");
-        if let Some(s) = &db_schema {
-            if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                env.error(format!(
-                    "TIDINGS_DB_SCHEMA={s:?}: use letters, digits and _"
-                ));
-            }
+        if let Some(s) = &db_schema
+            && !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            env.error(format!(
+                "TIDINGS_DB_SCHEMA={s:?}: use letters, digits and _"
+            ));
         }
         let db_max_connections = env.parse("TIDINGS_DB_MAX_CONNECTIONS", 16u32);
         let brokers = env.required("KAFKA_BROKERS");

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{observe, trace_of};
 use crate::clock::Clock;
-use crate::commands::Executor;
+use crate::commands::{Executor, Write};
 use crate::config::GuestSettings;
 use crate::error::ApiError;
 
@@ -75,15 +75,15 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
             };
             let executed = self
                 .exec
-                .execute(
-                    link.ticket,
-                    Actor::Guest { email },
-                    &|_| true,
+                .execute(Write {
+                    id: link.ticket,
+                    actor: Actor::Guest { email },
+                    visible: &|_| true,
                     command,
-                    None,
+                    idem: None,
                     trace,
-                    never_focus,
-                )
+                    focus: never_focus,
+                })
                 .await?;
             let expires_at = executed.events.iter().find_map(|e| match e {
                 TicketEvent::AccessCodeRequested { expires_at, .. } => Some(*expires_at),
@@ -118,17 +118,17 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
             };
             let executed = self
                 .exec
-                .execute(
-                    link.ticket,
-                    Actor::Guest {
+                .execute(Write {
+                    id: link.ticket,
+                    actor: Actor::Guest {
                         email: email.clone(),
                     },
-                    &|_| true,
+                    visible: &|_| true,
                     command,
-                    None,
+                    idem: None,
                     trace,
-                    never_focus,
-                )
+                    focus: never_focus,
+                })
                 .await?;
             match AccessCodeOutcome::from_events(&executed.events) {
                 Some(AccessCodeOutcome::Granted) => {

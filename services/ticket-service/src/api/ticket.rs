@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{bearer, observe, require, trace_of};
 use crate::clock::Clock;
-use crate::commands::{Executor, Idempotency, fingerprint, visible_to};
+use crate::commands::{Executor, Idempotency, Write, fingerprint, visible_to};
 use crate::error::ApiError;
 
 pub struct TicketApi {
@@ -69,18 +69,29 @@ fn summary_to_wire(s: &TicketSummary, agent: bool) -> pb::Ticket {
     }
 }
 
+/// What a mutating call is about, for its idempotency fingerprint.
+struct Target<'a> {
+    ticket_id: &'a str,
+    request_id: &'a str,
+    kind: &'static str,
+    content: &'a str,
+}
+
 impl TicketApi {
     async fn mutate(
         &self,
         principal: Principal,
-        raw_ticket: &str,
-        rid: &str,
-        kind: &str,
-        content: &str,
+        target: Target<'_>,
         command: Command,
         trace: tidings_telemetry::trace_context::TraceParent,
         focus: fn(&TicketEvent) -> bool,
     ) -> Result<tidings_store::Outcome, ApiError> {
+        let Target {
+            ticket_id: raw_ticket,
+            request_id: rid,
+            kind,
+            content,
+        } = target;
         let id = ticket_id(raw_ticket)?;
         let rid = request_id(rid)?;
         let idem = Idempotency {
@@ -91,15 +102,15 @@ impl TicketApi {
         let p = principal.clone();
         let executed = self
             .exec
-            .execute(
+            .execute(Write {
                 id,
-                principal.actor(),
-                &move |t| visible_to(&p, t),
+                actor: principal.actor(),
+                visible: &move |t| visible_to(&p, t),
                 command,
-                Some(idem),
+                idem: Some(idem),
                 trace,
                 focus,
-            )
+            })
             .await?;
         Ok(executed.outcome)
     }
@@ -227,7 +238,15 @@ impl pb::ticket_service_server::TicketService for TicketApi {
             };
             let executed = self
                 .exec
-                .execute(id, actor, &|_| true, command, Some(idem), trace, any)
+                .execute(Write {
+                    id,
+                    actor,
+                    visible: &|_| true,
+                    command,
+                    idem: Some(idem),
+                    trace,
+                    focus: any,
+                })
                 .await?;
             Ok(pb::OpenTicketResponse {
                 ticket_id: executed.outcome.ticket_id.to_string(),
@@ -250,10 +269,12 @@ impl pb::ticket_service_server::TicketService for TicketApi {
             let o = self
                 .mutate(
                     principal,
-                    &r.ticket_id,
-                    &r.request_id,
-                    "reply",
-                    text.as_str(),
+                    Target {
+                        ticket_id: &r.ticket_id,
+                        request_id: &r.request_id,
+                        kind: "reply",
+                        content: text.as_str(),
+                    },
                     Command::PostReply { body: text.clone() },
                     trace,
                     is_reply,
@@ -281,10 +302,12 @@ impl pb::ticket_service_server::TicketService for TicketApi {
             let o = self
                 .mutate(
                     principal,
-                    &r.ticket_id,
-                    &r.request_id,
-                    "request_info",
-                    text.as_str(),
+                    Target {
+                        ticket_id: &r.ticket_id,
+                        request_id: &r.request_id,
+                        kind: "request_info",
+                        content: text.as_str(),
+                    },
                     Command::RequestInfo { body: text.clone() },
                     trace,
                     is_info,
@@ -320,10 +343,12 @@ impl pb::ticket_service_server::TicketService for TicketApi {
             let o = self
                 .mutate(
                     principal,
-                    &r.ticket_id,
-                    &r.request_id,
-                    "resolve",
-                    &content,
+                    Target {
+                        ticket_id: &r.ticket_id,
+                        request_id: &r.request_id,
+                        kind: "resolve",
+                        content: &content,
+                    },
                     Command::Resolve { note },
                     trace,
                     is_resolved,

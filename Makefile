@@ -1,0 +1,49 @@
+# The interface to Tidings. CI runs the same targets (`.ci/run`).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+STACK := deploy/dev/stack.sh
+TEST_DB ?= postgres://postgres@127.0.0.1:5432/tidings_test
+
+.PHONY: help
+help: ## list targets
+	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install what the stack needs (tansu via cargo, PostgreSQL via apt if missing)
+	@$(STACK) deps
+
+.PHONY: up
+up: ## start PostgreSQL and tansu if they are not running
+	@$(STACK) up
+
+.PHONY: down
+down: ## stop the tansu this project started
+	@$(STACK) down
+
+.PHONY: build
+build: ## build everything
+	cargo build --workspace --all-targets
+
+.PHONY: run
+run: ## start the stack and the services; prints where to look
+	@deploy/dev/run.sh
+
+.PHONY: lint
+lint: ## rustfmt and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+.PHONY: test
+test: up ## start the stack, then run every test (unit + integration)
+	@psql "$(TEST_DB)" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 't\_%'" | psql "$(TEST_DB)" -q >/dev/null
+	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) cargo nextest run --workspace --no-fail-fast
+
+.PHONY: bench
+bench: up ## benchmarks against the real stack (see README, Performance)
+	eval "$$($(STACK) env)"; bench/run.sh
+
+.PHONY: fmt
+fmt: ## format the code
+	cargo fmt --all

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make run`: the stack, then the services, in the foreground until Ctrl-C.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+"$ROOT/deploy/dev/stack.sh" up
+eval "$("$ROOT/deploy/dev/stack.sh" env)"
+set -a; . "$ROOT/deploy/dev/dev.env"; set +a
+
+cargo build --quiet -p ticket-service -p tidings-cli
+BIN="$ROOT/target/debug"
+mkdir -p .dev
+pids=()
+stop() { kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
+trap stop INT TERM EXIT
+
+"$BIN/ticket-service" 2>&1 | sed -u 's/^/[ticket-service] /' &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null && break; sleep 0.2; done
+
+cat <<BANNER
+
+  Tidings is running.
+    gRPC (ticket + guest access, reflection, health)  127.0.0.1:50051
+    metrics                                           http://127.0.0.1:9464/metrics
+    Kafka (tansu)                                     $KAFKA_BROKERS  topic tidings.ticket-events.v1
+    Postgres                                          $DATABASE_URL
+
+  Try it from another shell:
+    export PATH=\$PWD/target/debug:\$PATH; set -a; . deploy/dev/dev.env; set +a
+    export TIDINGS_TOKEN=\$(tidings token --sub ann --email ann@example.com --locale it --name Ann)
+    tidings open --subject "Withdrawal stuck" --body "tx 0xabc pending since 09:12"
+    tidings list
+    AGENT=\$(tidings token --sub giulia --name Giulia --agent)
+    tidings --token \$AGENT reply <ticket-id> --body "We are looking into it"
+    tidings get <ticket-id>
+
+  Ctrl-C stops everything (tansu keeps running; \`make down\` stops it).
+BANNER
+wait "${pids[@]}"

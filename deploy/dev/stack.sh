@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The local stack behind `make run` and `make test`: PostgreSQL (the machine's own, started
+# or installed if missing) and the tansu Kafka-compatible broker (installed with cargo and
+# started on loopback) unless KAFKA_BROKERS points at a real Kafka.
+#
+#   stack.sh deps   install what is missing (tansu, PostgreSQL)
+#   stack.sh up     start what is not running and create the databases
+#   stack.sh down   stop what this script started
+#   stack.sh env    print the variables that point the services at the stack
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STATE="${TIDINGS_DEV_DIR:-$ROOT/.dev}"
+PG_HOST=127.0.0.1
+PG_PORT="${TIDINGS_DEV_PG_PORT:-5432}"
+KAFKA_PORT="${TIDINGS_DEV_KAFKA_PORT:-19092}"
+TANSU_VERSION=0.6.0
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+wait_port() { # host port seconds what
+  local deadline=$((SECONDS + $3))
+  until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+    if [ $SECONDS -ge $deadline ]; then log "$4 did not come up on $1:$2"; return 1; fi
+    sleep 0.2
+  done
+}
+
+pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
+
+ensure_postgres_installed() {
+  if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql/*/main >/dev/null 2>&1; then return; fi
+  log "installing PostgreSQL from Debian packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql postgresql-client >/dev/null
+  local ver; ver="$(ls /etc/postgresql | sort -V | tail -1)"
+  # Local development only: trust loopback connections, as the shared machines do.
+  local hba="/etc/postgresql/$ver/main/pg_hba.conf"
+  if ! grep -q 'tidings-dev' "$hba"; then
+    as_root sed -i '1i host all all 127.0.0.1/32 trust # tidings-dev\nhost all all ::1/128 trust # tidings-dev' "$hba"
+  fi
+}
+
+start_postgres() {
+  pg_up && return
+  ensure_postgres_installed
+  local ver; ver="$(ls /etc/postgresql | sort -V | tail -1)"
+  log "starting PostgreSQL $ver"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  wait_port "$PG_HOST" "$PG_PORT" 30 PostgreSQL
+  for _ in $(seq 50); do pg_up && break; sleep 0.2; done
+  pg_up || { log "PostgreSQL is not accepting connections"; exit 1; }
+}
+
+create_db() {
+  local db="$1"
+  if ! psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+    log "creating database $db"
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres -qc "CREATE DATABASE \"$db\""
+  fi
+}
+
+ensure_tansu() {
+  [ -n "${KAFKA_BROKERS:-}" ] && return
+  if tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then return; fi
+  log "installing tansu $TANSU_VERSION with cargo (about 8 minutes, once)"
+  cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore
+}
+
+start_tansu() {
+  if [ -n "${KAFKA_BROKERS:-}" ]; then log "using Kafka at $KAFKA_BROKERS"; return; fi
+  mkdir -p "$STATE"
+  if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then return; fi
+  log "starting tansu on 127.0.0.1:$KAFKA_PORT (memory storage)"
+  local url="tcp://127.0.0.1:$KAFKA_PORT"
+  nohup tansu broker --listener-url "$url" --advertised-listener-url "$url" \
+    --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
+  echo $! >"$STATE/tansu.pid"
+  wait_port 127.0.0.1 "$KAFKA_PORT" 30 tansu
+}
+
+case "${1:-}" in
+  deps)
+    ensure_tansu
+    pg_up || ensure_postgres_installed
+    ;;
+  up)
+    ensure_tansu
+    start_postgres
+    create_db tidings
+    create_db tidings_test
+    start_tansu
+    ;;
+  down)
+    if [ -f "$STATE/tansu.pid" ]; then
+      kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
+      rm -f "$STATE/tansu.pid"
+      log "stopped tansu"
+    fi
+    ;;
+  env)
+    echo "export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
+    echo "export TANSU_BIN=$(command -v tansu || echo tansu)"
+    ;;
+  *)
+    echo "usage: $0 deps|up|down|env" >&2
+    exit 2
+    ;;
+esac

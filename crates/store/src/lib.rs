@@ -184,20 +184,57 @@ impl EventStore {
     }
 
     /// Starts a write to one ticket: takes the ticket's row lock so writers queue instead of
-    /// conflicting, and returns its history.
-    pub async fn begin(&self, id: TicketId) -> Result<TicketWrite> {
+    /// conflicting, returns what an earlier call with the same idempotency key produced (in
+    /// the same round trip), and loads the history.
+    pub async fn begin(
+        &self,
+        id: TicketId,
+        idem: Option<(&str, &str)>,
+    ) -> Result<(TicketWrite, Option<(String, Outcome)>)> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT 1 FROM tickets WHERE ticket_id = $1 FOR UPDATE")
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "SELECT (SELECT 1 FROM tickets WHERE ticket_id = $1 FOR UPDATE) AS locked,
+                    k.fingerprint, k.outcome
+             FROM (SELECT 1) AS one
+             LEFT JOIN idempotency_keys k ON k.scope = $2 AND k.request_id = $3",
+        )
+        .bind(id.as_uuid())
+        .bind(idem.map(|i| i.0))
+        .bind(idem.map(|i| i.1))
+        .fetch_one(&mut *tx)
+        .await?;
+        let prior = match row.get::<Option<String>, _>("fingerprint") {
+            Some(fp) => {
+                let outcome: serde_json::Value = row.get("outcome");
+                Some((
+                    fp,
+                    serde_json::from_value(outcome)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                ))
+            }
+            None => None,
+        };
+        if prior.is_some() {
+            return Ok((
+                TicketWrite {
+                    tx,
+                    id,
+                    history: vec![],
+                    channel: self.channel.clone(),
+                },
+                prior,
+            ));
+        }
         let history = load_events(&mut *tx, id).await?;
-        Ok(TicketWrite {
-            tx,
-            id,
-            history,
-            channel: self.channel.clone(),
-        })
+        Ok((
+            TicketWrite {
+                tx,
+                id,
+                history,
+                channel: self.channel.clone(),
+            },
+            None,
+        ))
     }
 
     pub async fn list(
@@ -360,80 +397,112 @@ impl TicketWrite {
         rebuild(self.id, &self.history)
     }
 
-    /// Appends events after `history`, with their outbox rows, and updates the read model.
-    /// Returns the new state.
+    /// Appends events after `history` with their outbox rows, updates the read model and
+    /// records the idempotency key — one statement, one round trip. A concurrent writer (or a
+    /// concurrent twin of the same request id) surfaces as `Conflict`.
     pub async fn append(
         &mut self,
         events: &[StoredEvent],
         outbox: &[OutboxMessage],
         state: &Ticket,
+        idem: Option<(&str, &str, &str, &Outcome)>,
     ) -> Result<()> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+        let mut seq = Vec::with_capacity(events.len());
+        let mut ids = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut actors = Vec::with_capacity(events.len());
+        let mut times = Vec::with_capacity(events.len());
+        let mut traces = Vec::with_capacity(events.len());
         for e in events {
-            let payload =
-                serde_json::to_value(&e.event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let actor =
-                serde_json::to_value(&e.actor).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO events (ticket_id, sequence, event_id, event_type, schema_version, payload,
-                                     actor, occurred_at, traceparent)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(self.id.as_uuid())
-            .bind(e.sequence as i64)
-            .bind(e.event_id)
-            .bind(e.event.kind().name())
-            .bind(TicketEvent::SCHEMA_VERSION)
-            .bind(payload)
-            .bind(actor)
-            .bind(e.occurred_at)
-            .bind(e.traceparent.as_deref())
-            .execute(&mut *self.tx)
-            .await?;
+            seq.push(e.sequence as i64);
+            ids.push(e.event_id);
+            types.push(e.event.kind().name().to_owned());
+            payloads.push(serde_json::to_value(&e.event).map_err(corrupt)?);
+            actors.push(serde_json::to_value(&e.actor).map_err(corrupt)?);
+            times.push(e.occurred_at);
+            traces.push(e.traceparent.clone());
         }
+        let mut o_ids = Vec::with_capacity(outbox.len());
+        let mut o_topics = Vec::with_capacity(outbox.len());
+        let mut o_keys = Vec::with_capacity(outbox.len());
+        let mut o_values = Vec::with_capacity(outbox.len());
+        let mut o_headers = Vec::with_capacity(outbox.len());
         for m in outbox {
-            let headers =
-                serde_json::to_value(&m.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sqlx::query("INSERT INTO outbox (event_id, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5)")
-                .bind(m.event_id)
-                .bind(&m.topic)
-                .bind(&m.key)
-                .bind(&m.value)
-                .bind(headers)
-                .execute(&mut *self.tx)
-                .await?;
+            o_ids.push(m.event_id);
+            o_topics.push(m.topic.clone());
+            o_keys.push(m.key.clone());
+            o_values.push(m.value.clone());
+            o_headers.push(serde_json::to_value(&m.headers).map_err(corrupt)?);
         }
-        if !outbox.is_empty() {
-            // Delivered at commit: wakes the relay without waiting for its poll.
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&self.channel)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        upsert_summary(&mut self.tx, state).await?;
-        self.history.extend(events.iter().cloned());
-        Ok(())
-    }
-
-    /// Records the idempotency key; a concurrent twin makes this a `Conflict`.
-    pub async fn remember(
-        &mut self,
-        scope: &str,
-        request_id: &str,
-        fingerprint: &str,
-        outcome: &Outcome,
-    ) -> Result<()> {
-        let value =
-            serde_json::to_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let account = match &state.requester {
+            Requester::Customer { account_id, .. } => Some(account_id.to_string()),
+            Requester::Guest { .. } => None,
+        };
+        let requester = serde_json::to_value(&state.requester).map_err(corrupt)?;
+        let (scope, request_id, fingerprint, outcome) = match idem {
+            Some((s, r, f, o)) => (
+                Some(s),
+                Some(r),
+                Some(f),
+                Some(serde_json::to_value(o).map_err(corrupt)?),
+            ),
+            None => (None, None, None, None),
+        };
         sqlx::query(
-            "INSERT INTO idempotency_keys (scope, request_id, fingerprint, ticket_id, outcome) VALUES ($1, $2, $3, $4, $5)",
+            "WITH ev AS (
+                 INSERT INTO events (ticket_id, sequence, event_id, event_type, schema_version, payload,
+                                     actor, occurred_at, traceparent)
+                 SELECT $1, s, i, t, $2, p, a, o, tp
+                 FROM UNNEST($3::bigint[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[],
+                             $8::timestamptz[], $9::text[]) AS u(s, i, t, p, a, o, tp)
+             ), ob AS (
+                 INSERT INTO outbox (event_id, topic, key, value, headers)
+                 SELECT * FROM UNNEST($10::uuid[], $11::text[], $12::bytea[], $13::bytea[], $14::jsonb[])
+             ), rm AS (
+                 INSERT INTO tickets (ticket_id, ticket_number, requester, requester_account_id, subject,
+                                      status, created_at, last_activity_at, version)
+                 VALUES ($1, $15, $16, $17, $18, $19, $20, $21, $22)
+                 ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status,
+                     last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version
+             ), idem AS (
+                 INSERT INTO idempotency_keys (scope, request_id, fingerprint, ticket_id, outcome)
+                 SELECT $23, $24, $25, $1, $26 WHERE $23::text IS NOT NULL
+             )
+             -- Delivered at commit: wakes the relay without waiting for its poll.
+             SELECT pg_notify($27, '') WHERE cardinality($10::uuid[]) > 0",
         )
+        .bind(self.id.as_uuid())
+        .bind(TicketEvent::SCHEMA_VERSION)
+        .bind(&seq)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&payloads)
+        .bind(&actors)
+        .bind(&times)
+        .bind(&traces)
+        .bind(&o_ids)
+        .bind(&o_topics)
+        .bind(&o_keys)
+        .bind(&o_values)
+        .bind(&o_headers)
+        .bind(state.number.get())
+        .bind(requester)
+        .bind(account)
+        .bind(state.subject.as_str())
+        .bind(state.status.as_str())
+        .bind(state.created_at)
+        .bind(state.last_activity_at)
+        .bind(state.version as i64)
         .bind(scope)
         .bind(request_id)
         .bind(fingerprint)
-        .bind(outcome.ticket_id)
-        .bind(value)
+        .bind(outcome)
+        .bind(&self.channel)
         .execute(&mut *self.tx)
         .await?;
+        self.history.extend(events.iter().cloned());
         Ok(())
     }
 

@@ -84,24 +84,6 @@ impl Executor {
     pub async fn execute(&self, w: Write<'_>) -> Result<Executed, ApiError> {
         let id = w.id;
         for attempt in 1..=MAX_ATTEMPTS {
-            if let Some(idem) = &w.idem
-                && let Some((fp, outcome)) = self
-                    .store
-                    .find_outcome(&idem.scope, idem.request_id)
-                    .await?
-            {
-                if fp != idem.fingerprint {
-                    return Err(ApiError::invalid(
-                        "request_id",
-                        "was already used for a different request",
-                    ));
-                }
-                return Ok(Executed {
-                    outcome,
-                    events: vec![],
-                    state: None,
-                });
-            }
             match self.try_once(&w).await {
                 Err(ApiError::Store(StoreError::Conflict)) if attempt < MAX_ATTEMPTS => {
                     metrics::counter!("tidings_write_conflicts_total").increment(1);
@@ -126,7 +108,23 @@ impl Executor {
             focus,
         } = w;
         let id = *id;
-        let mut tx = self.store.begin(id).await?;
+        let (mut tx, prior) = self
+            .store
+            .begin(id, idem.as_ref().map(|i| (i.scope.as_str(), i.request_id)))
+            .await?;
+        if let (Some(idem), Some((fp, outcome))) = (idem, prior) {
+            if fp != idem.fingerprint {
+                return Err(ApiError::invalid(
+                    "request_id",
+                    "was already used for a different request",
+                ));
+            }
+            return Ok(Executed {
+                outcome,
+                events: vec![],
+                state: None,
+            });
+        }
         let state = tx.state();
         if let Some(t) = &state
             && !matches!(command, Command::Open { .. })
@@ -178,17 +176,21 @@ impl Executor {
             });
         }
         let after = next.ok_or(ApiError::NotFound)?;
-        tx.append(&stored, &outbox, &after).await?;
         let outcome = Outcome {
             ticket_id: id.as_uuid(),
             ticket_number: after.number.get(),
             sequence: focus_seq.unwrap_or(after.version),
             status: after.status.as_str().to_owned(),
         };
-        if let Some(idem) = idem {
-            tx.remember(&idem.scope, idem.request_id, &idem.fingerprint, &outcome)
-                .await?;
-        }
+        let idem = idem.as_ref().map(|i| {
+            (
+                i.scope.as_str(),
+                i.request_id,
+                i.fingerprint.as_str(),
+                &outcome,
+            )
+        });
+        tx.append(&stored, &outbox, &after, idem).await?;
         tx.commit().await?;
         for e in &decided {
             metrics::counter!("tidings_events_appended_total", "type" => e.kind().name())

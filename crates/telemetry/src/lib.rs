@@ -11,18 +11,87 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Human-readable logs by default, one JSON object per line with `json = true`.
-/// `RUST_LOG` filters (default `info`). Safe to call more than once (tests).
-pub fn init_tracing(json: bool) {
+/// Keeps the span exporter alive; dropping it flushes and shuts it down.
+#[must_use = "dropping the guard stops span export"]
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Exports buffered spans now (tests, shutdown).
+    pub fn flush(&self) {
+        if let Some(p) = &self.provider {
+            let _ = p.force_flush();
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Logs (human by default, one JSON object per line with `json = true`, filtered by
+/// `RUST_LOG`, default `info`) and, when `otlp_endpoint` is set, OpenTelemetry spans exported
+/// over OTLP/gRPC. Must run inside the tokio runtime (the exporter's client lives there).
+/// Only the first call in a process installs anything (tests call it repeatedly).
+pub fn init(
+    service: &'static str,
+    json: bool,
+    otlp_endpoint: Option<&str>,
+) -> Result<TelemetryGuard, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let provider = match otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name(service)
+                            .build(),
+                    )
+                    .build(),
+            )
+        }
+        None => None,
     };
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let fmt = if json {
+        tracing_subscriber::fmt::layer().json().boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_target(false).boxed()
+    };
+    let installed = tracing_subscriber::registry()
+        .with(otel)
+        .with(fmt)
+        .with(filter)
+        .try_init()
+        .is_ok();
+    Ok(TelemetryGuard {
+        provider: if installed { provider } else { None },
+    })
+}
+
+/// Logs only; for tests and tools.
+pub fn init_tracing(json: bool) {
+    let _ = init("tidings", json, None);
 }
 
 /// Resolves on SIGINT or SIGTERM.

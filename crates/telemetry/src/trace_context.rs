@@ -98,6 +98,55 @@ impl fmt::Display for TraceParent {
     }
 }
 
+/// The span a server call runs in, as a child of the caller's trace when it sent one.
+/// With OTLP export on, this span is exported and its context is what we store and forward.
+pub fn server_span(rpc: &'static str, incoming: Option<&str>) -> tracing::Span {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = rpc,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = rpc
+    );
+    if let Some(parent) = incoming.and_then(TraceParent::parse) {
+        let flags = if parent.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let remote = SpanContext::new(
+            TraceId::from_bytes(parent.trace_id),
+            SpanId::from_bytes(parent.span_id),
+            flags,
+            true,
+            TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    span
+}
+
+/// The trace context to record for work done now: the current span's when spans are being
+/// exported, otherwise a child of the caller's (or a new trace).
+pub fn current(incoming: Option<&str>) -> TraceParent {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = tracing::Span::current().context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        return TraceParent {
+            trace_id: sc.trace_id().to_bytes(),
+            span_id: sc.span_id().to_bytes(),
+            sampled: sc.is_sampled(),
+        };
+    }
+    TraceParent::continue_or_start(incoming)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,8 @@ pub struct Config {
     pub jwt: JwtSettings,
     pub guest: GuestSettings,
     pub log_json: bool,
+    /// OTLP/gRPC collector for spans; unset disables export.
+    pub otlp_endpoint: Option<String>,
     pub shutdown_grace: Duration,
     pub ce_source: String,
 }
@@ -225,6 +227,7 @@ impl Config {
                 false
             }
         };
+        let otlp_endpoint = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
         let shutdown_grace = Duration::from_secs(env.parse("TIDINGS_SHUTDOWN_GRACE_SECS", 10u64));
         let ce_source = env.string("TIDINGS_CE_SOURCE", "/tidings/ticket-service");
         env.finish()?;
@@ -248,6 +251,7 @@ impl Config {
                 code_min_interval,
             },
             log_json,
+            otlp_endpoint,
             shutdown_grace,
             ce_source,
         })

@@ -26,7 +26,13 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env()?;
-    tidings_telemetry::init_tracing(config.log_json);
+    // Held to the end of main: dropping it flushes the span exporter.
+    let _telemetry = tidings_telemetry::init(
+        "ticket-service",
+        config.log_json,
+        config.otlp_endpoint.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => {
             let grace = config.shutdown_grace;

@@ -10,7 +10,7 @@ use tidings_guest_access::{TokenError, UnverifiedLink, generate_code};
 use tidings_proto::ticket::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{observe, trace_of};
+use super::{observe, trace_of, traceparent_header};
 use crate::clock::Clock;
 use crate::commands::{Executor, Write};
 use crate::config::GuestSettings;
@@ -63,7 +63,7 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
         &self,
         req: Request<pb::RequestAccessCodeRequest>,
     ) -> Result<Response<pb::RequestAccessCodeResponse>, Status> {
-        observe("RequestAccessCode", async {
+        observe("RequestAccessCode", traceparent_header(&req), async {
             let trace = trace_of(&req);
             let (link, email) = self.check_link(&req.get_ref().link_token).await?;
             let code = generate_code();
@@ -102,7 +102,7 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
         &self,
         req: Request<pb::VerifyAccessCodeRequest>,
     ) -> Result<Response<pb::VerifyAccessCodeResponse>, Status> {
-        observe("VerifyAccessCode", async {
+        observe("VerifyAccessCode", traceparent_header(&req), async {
             let trace = trace_of(&req);
             let r = req.get_ref();
             let code = r.code.trim();

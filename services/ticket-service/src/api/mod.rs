@@ -34,21 +34,29 @@ pub(crate) fn require(p: Option<Principal>) -> Result<Principal, ApiError> {
     p.ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))
 }
 
-pub(crate) fn trace_of<T>(req: &Request<T>) -> TraceParent {
-    TraceParent::continue_or_start(
-        req.metadata()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    )
+pub(crate) fn traceparent_header<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
-/// Counts and times every call by RPC and resulting status code.
+/// The trace context stored with the events this call writes (call inside `observe`).
+pub(crate) fn trace_of<T>(req: &Request<T>) -> TraceParent {
+    tidings_telemetry::trace_context::current(traceparent_header(req).as_deref())
+}
+
+/// Runs a call in a server span (child of the caller's trace), then counts and times it by
+/// RPC and resulting status code.
 pub(crate) async fn observe<T>(
     rpc: &'static str,
+    incoming_traceparent: Option<String>,
     fut: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, Status> {
+    use tracing::Instrument as _;
+    let span = tidings_telemetry::trace_context::server_span(rpc, incoming_traceparent.as_deref());
     let started = Instant::now();
-    let result = fut.await.map_err(Status::from);
+    let result = fut.instrument(span).await.map_err(Status::from);
     let code = match &result {
         Ok(_) => "OK".to_owned(),
         Err(s) => format!("{:?}", s.code()),

@@ -11,7 +11,7 @@ use tidings_proto::{View, status_from_wire, status_to_wire, ticket_to_wire};
 use tidings_store::{Cursor, ListFilter, TicketSummary};
 use tonic::{Request, Response, Status};
 
-use super::{bearer, observe, require, trace_of};
+use super::{bearer, observe, require, trace_of, traceparent_header};
 use crate::clock::Clock;
 use crate::commands::{Executor, Idempotency, Write, fingerprint, visible_to};
 use crate::error::ApiError;
@@ -128,7 +128,7 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         &self,
         req: Request<pb::OpenTicketRequest>,
     ) -> Result<Response<pb::OpenTicketResponse>, Status> {
-        observe("OpenTicket", async {
+        observe("OpenTicket", traceparent_header(&req), async {
             let principal = bearer(&self.auth, &self.clock, &req)?;
             let trace = trace_of(&req);
             let r = req.into_inner();
@@ -261,7 +261,7 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         &self,
         req: Request<pb::PostReplyRequest>,
     ) -> Result<Response<pb::PostReplyResponse>, Status> {
-        observe("PostReply", async {
+        observe("PostReply", traceparent_header(&req), async {
             let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
             let trace = trace_of(&req);
             let r = req.into_inner();
@@ -294,7 +294,7 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         &self,
         req: Request<pb::RequestInfoRequest>,
     ) -> Result<Response<pb::RequestInfoResponse>, Status> {
-        observe("RequestInfo", async {
+        observe("RequestInfo", traceparent_header(&req), async {
             let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
             let trace = trace_of(&req);
             let r = req.into_inner();
@@ -327,7 +327,7 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         &self,
         req: Request<pb::ResolveTicketRequest>,
     ) -> Result<Response<pb::ResolveTicketResponse>, Status> {
-        observe("ResolveTicket", async {
+        observe("ResolveTicket", traceparent_header(&req), async {
             let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
             let trace = trace_of(&req);
             let r = req.into_inner();
@@ -368,7 +368,7 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         &self,
         req: Request<pb::GetTicketRequest>,
     ) -> Result<Response<pb::GetTicketResponse>, Status> {
-        observe("GetTicket", async {
+        observe("GetTicket", traceparent_header(&req), async {
             let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
             let id = ticket_id(&req.get_ref().ticket_id)?;
             let ticket = self.exec.store.load_ticket(id).await?;
@@ -394,7 +394,7 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         &self,
         req: Request<pb::ListTicketsRequest>,
     ) -> Result<Response<pb::ListTicketsResponse>, Status> {
-        observe("ListTickets", async {
+        observe("ListTickets", traceparent_header(&req), async {
             let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
             let r = req.into_inner();
             let page_size = match r.page_size {

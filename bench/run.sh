@@ -54,9 +54,11 @@ SVC=$!
 trap 'kill $SVC 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50551) 2>/dev/null && break; sleep 0.1; done
 echo "ticket service: $CLIENTS concurrent PostReply clients, ${SECONDS_RUN}s (+3s warm-up)" >&2
-OURS="$("$BIN/tidings-loadgen" --addr http://127.0.0.1:50551 --concurrency "$CLIENTS" --seconds "$SECONDS_RUN")"
+LOAD_START="$(date -u +%FT%T.%NZ)"
+OURS="$("$BIN/tidings-loadgen" --addr http://127.0.0.1:50551 --concurrency "$CLIENTS" --seconds "$SECONDS_RUN" --warmup-seconds 3)"
 RSS_KB="$(awk '/VmHWM/ {print $2}' /proc/$SVC/status)"
-# Let the relay finish, then read the exact publish lag of every row.
+# Let the relay finish, then read the exact publish lag of every row written after the
+# warm-up (the same window the latency percentiles use).
 for _ in $(seq 100); do
   PENDING="$(PGOPTIONS="-c search_path=$SVC_SCHEMA" psql "$DATABASE_URL" -tAc "SELECT count(*) FROM outbox WHERE published_at IS NULL")"
   [ "$PENDING" = 0 ] && break; sleep 0.1
@@ -65,7 +67,7 @@ LAG="$(PGOPTIONS="-c search_path=$SVC_SCHEMA" psql "$DATABASE_URL" -tAF' ' -c "
   SELECT round((1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)))::numeric, 2),
          round((1000 * percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)))::numeric, 2),
          count(*)
-  FROM outbox WHERE published_at IS NOT NULL")"
+  FROM outbox WHERE published_at IS NOT NULL AND created_at >= timestamptz '$LOAD_START' + interval '3 seconds'")"
 kill -TERM $SVC; wait $SVC 2>/dev/null || true
 trap - EXIT
 

@@ -67,6 +67,7 @@ impl OutboxRelay {
     /// Runs until `shutdown`, then publishes what is pending (bounded by the message timeout)
     /// and flushes the producer.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.warm_up().await;
         let mut listener = match PgListener::connect_with(&self.pool).await {
             Ok(mut l) => match l.listen(&self.config.notify_channel).await {
                 Ok(()) => Some(l),
@@ -135,6 +136,23 @@ impl OutboxRelay {
             Err(_) => tracing::warn!("outbox drain at shutdown timed out; rows stay pending"),
         }
         let _ = self.producer.flush(Duration::from_secs(5));
+    }
+
+    /// Connects and learns partition leaders before the first batch, so the first rows
+    /// after a start do not wait for metadata (that cost ~1 s on the first batch otherwise).
+    async fn warm_up(&self) {
+        let producer = self.producer.clone();
+        let topics: Vec<String> = self.config.topics.iter().map(|(t, _)| t.clone()).collect();
+        // Bounded: with the broker down, the relay must get on with its loop (and back-off).
+        let timeout = self.config.message_timeout.min(Duration::from_secs(2));
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in &topics {
+                if let Err(e) = producer.client().fetch_metadata(Some(t), timeout) {
+                    tracing::debug!(topic = %t, error = %e, "metadata warm-up failed");
+                }
+            }
+        })
+        .await;
     }
 
     /// Publishes until nothing is pending. Returns the number of rows published.

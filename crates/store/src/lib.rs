@@ -184,16 +184,18 @@ impl EventStore {
     }
 
     /// Starts a write to one ticket: takes the ticket's row lock so writers queue instead of
-    /// conflicting, returns what an earlier call with the same idempotency key produced (in
-    /// the same round trip), and loads the history.
+    /// conflicting, and in the same round trip returns the state snapshot and what an earlier
+    /// call with the same idempotency key produced. Without a snapshot (a new ticket, or a row
+    /// older than snapshots) the state is rebuilt from the events.
     pub async fn begin(
         &self,
         id: TicketId,
         idem: Option<(&str, &str)>,
     ) -> Result<(TicketWrite, Option<(String, Outcome)>)> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT (SELECT 1 FROM tickets WHERE ticket_id = $1 FOR UPDATE) AS locked,
+            "SELECT (SELECT snapshot FROM tickets WHERE ticket_id = $1 FOR UPDATE) AS snapshot,
                     k.fingerprint, k.outcome
              FROM (SELECT 1) AS one
              LEFT JOIN idempotency_keys k ON k.scope = $2 AND k.request_id = $3",
@@ -203,35 +205,29 @@ impl EventStore {
         .bind(idem.map(|i| i.1))
         .fetch_one(&mut *tx)
         .await?;
-        let prior = match row.get::<Option<String>, _>("fingerprint") {
-            Some(fp) => {
-                let outcome: serde_json::Value = row.get("outcome");
-                Some((
-                    fp,
-                    serde_json::from_value(outcome)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                ))
-            }
-            None => None,
-        };
-        if prior.is_some() {
+        let channel = self.channel.clone();
+        if let Some(fp) = row.get::<Option<String>, _>("fingerprint") {
+            let outcome = serde_json::from_value(row.get("outcome")).map_err(corrupt)?;
             return Ok((
                 TicketWrite {
                     tx,
                     id,
-                    history: vec![],
-                    channel: self.channel.clone(),
+                    state: None,
+                    channel,
                 },
-                prior,
+                Some((fp, outcome)),
             ));
         }
-        let history = load_events(&mut *tx, id).await?;
+        let state = match row.get::<Option<serde_json::Value>, _>("snapshot") {
+            Some(snapshot) => Some(serde_json::from_value(snapshot).map_err(corrupt)?),
+            None => rebuild(id, &load_events(&mut *tx, id).await?),
+        };
         Ok((
             TicketWrite {
                 tx,
                 id,
-                history,
-                channel: self.channel.clone(),
+                state,
+                channel,
             },
             None,
         ))
@@ -361,10 +357,11 @@ async fn upsert_summary(tx: &mut Transaction<'static, Postgres>, t: &Ticket) -> 
         serde_json::to_value(&t.requester).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO tickets (ticket_id, ticket_number, requester, requester_account_id, subject, status,
-                              created_at, last_activity_at, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                              created_at, last_activity_at, version, snapshot)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status,
-             last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version",
+             last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version,
+             snapshot = EXCLUDED.snapshot",
     )
     .bind(t.id.as_uuid())
     .bind(t.number.get())
@@ -375,6 +372,7 @@ async fn upsert_summary(tx: &mut Transaction<'static, Postgres>, t: &Ticket) -> 
     .bind(t.created_at)
     .bind(t.last_activity_at)
     .bind(t.version as i64)
+    .bind(serde_json::to_value(t).map_err(|e| StoreError::Corrupt(e.to_string()))?)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -384,17 +382,14 @@ async fn upsert_summary(tx: &mut Transaction<'static, Postgres>, t: &Ticket) -> 
 pub struct TicketWrite {
     tx: Transaction<'static, Postgres>,
     id: TicketId,
-    history: Vec<StoredEvent>,
+    state: Option<Ticket>,
     channel: String,
 }
 
 impl TicketWrite {
-    pub fn history(&self) -> &[StoredEvent] {
-        &self.history
-    }
-
+    /// The ticket as of the lock (without its conversation when it came from a snapshot).
     pub fn state(&self) -> Option<Ticket> {
-        rebuild(self.id, &self.history)
+        self.state.clone()
     }
 
     /// Appends events after `history` with their outbox rows, updates the read model and
@@ -462,10 +457,11 @@ impl TicketWrite {
                  SELECT * FROM UNNEST($10::uuid[], $11::text[], $12::bytea[], $13::bytea[], $14::jsonb[])
              ), rm AS (
                  INSERT INTO tickets (ticket_id, ticket_number, requester, requester_account_id, subject,
-                                      status, created_at, last_activity_at, version)
-                 VALUES ($1, $15, $16, $17, $18, $19, $20, $21, $22)
+                                      status, created_at, last_activity_at, version, snapshot)
+                 VALUES ($1, $15, $16, $17, $18, $19, $20, $21, $22, $28)
                  ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status,
-                     last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version
+                     last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version,
+                     snapshot = EXCLUDED.snapshot
              ), idem AS (
                  INSERT INTO idempotency_keys (scope, request_id, fingerprint, ticket_id, outcome)
                  SELECT $23, $24, $25, $1, $26 WHERE $23::text IS NOT NULL
@@ -500,9 +496,9 @@ impl TicketWrite {
         .bind(fingerprint)
         .bind(outcome)
         .bind(&self.channel)
+        .bind(serde_json::to_value(state).map_err(corrupt)?)
         .execute(&mut *self.tx)
         .await?;
-        self.history.extend(events.iter().cloned());
         Ok(())
     }
 

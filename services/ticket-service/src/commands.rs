@@ -132,7 +132,9 @@ impl Executor {
         {
             return Err(ApiError::NotFound);
         }
-        let now = self.clock.now();
+        // Postgres keeps microseconds; so must the state we derive, or a snapshot would
+        // differ from what replaying the stored events gives.
+        let now = chrono::SubsecRound::trunc_subsecs(self.clock.now(), 6);
         let decided = decide(
             state.as_ref(),
             command,

@@ -37,7 +37,7 @@ lint: ## rustfmt and clippy, warnings are errors
 
 .PHONY: test
 test: up ## start the stack, then run every test (unit + integration)
-	@psql "$(TEST_DB)" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 't\_%'" | psql "$(TEST_DB)" -q >/dev/null
+	@psql "$(TEST_DB)" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 't\_%'" | PGOPTIONS='-c client_min_messages=warning' psql "$(TEST_DB)" -q >/dev/null
 	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) cargo nextest run --workspace --no-fail-fast
 
 .PHONY: bench

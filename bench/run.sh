@@ -22,6 +22,8 @@ PG_SCHEMA="bench_pg_$STAMP"
 mkdir -p .dev
 
 psql "$PG/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname='$DB'" | grep -q 1 || psql "$PG/postgres" -qc "CREATE DATABASE $DB"
+# Same starting point every run: earlier runs' schemas dropped, dirty pages flushed.
+psql "$PG/$DB" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 'bench\_%'" | PGOPTIONS='-c client_min_messages=warning' psql "$PG/$DB" -q >/dev/null
 cargo build --release --quiet -p ticket-service -p tidings-loadgen
 BIN="$ROOT/target/release"
 export DATABASE_URL="$PG/$DB"
@@ -40,6 +42,7 @@ VALUES (gen_random_uuid(), 'tidings.bench', convert_to('01a20f80-3509-7080-84d5-
         convert_to('$BODY', 'UTF8'), '[["ce_specversion","1.0"],["ce_type","tidings.ticket.ReplyAdded.v1"]]');
 COMMIT;
 SQL
+psql "$PG/$DB" -qc CHECKPOINT
 echo "pgbench: $CLIENTS clients, ${SECONDS_RUN}s, event+outbox insert per transaction" >&2
 PG_TPS="$(PGOPTIONS="-c search_path=$PG_SCHEMA" pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" -f .dev/bench-txn.sql "$DATABASE_URL" 2>/dev/null \
   | awk '/^tps = / {print int($3)}')"
@@ -53,6 +56,7 @@ TIDINGS_DB_SCHEMA="$SVC_SCHEMA" TIDINGS_TICKET_EVENTS_TOPIC="$TOPIC" TIDINGS_ACC
 SVC=$!
 trap 'kill $SVC 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50551) 2>/dev/null && break; sleep 0.1; done
+psql "$PG/$DB" -qc CHECKPOINT
 echo "ticket service: $CLIENTS concurrent PostReply clients, ${SECONDS_RUN}s (+3s warm-up)" >&2
 LOAD_START="$(date -u +%FT%T.%NZ)"
 OURS="$("$BIN/tidings-loadgen" --addr http://127.0.0.1:50551 --concurrency "$CLIENTS" --seconds "$SECONDS_RUN" --warmup-seconds 3)"

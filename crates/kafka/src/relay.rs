@@ -6,8 +6,9 @@
 //! same ticket are never split between two concurrent publishers). Other replicas are hot
 //! standbys that take over on the next wake-up.
 //!
-//! Latency: the store `NOTIFY`s at commit; the relay also polls, so a missed notification
-//! (listener reconnecting) only delays a row by one poll interval. Broker outages never touch
+//! Latency: the writers of this process wake the relay right after they commit (an
+//! in-process signal: Postgres `NOTIFY` would serialise every committing writer behind a
+//! global lock). Rows written by other replicas are found by their own relay or by the poll. Broker outages never touch
 //! the write path: rows wait in Postgres and the relay retries with capped backoff.
 
 use std::time::{Duration, Instant};
@@ -16,8 +17,9 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{KafkaSettings, ensure_topics};
@@ -30,10 +32,12 @@ pub struct RelayConfig {
     /// Topics (with partition counts) re-created if a fresh broker lost them.
     pub topics: Vec<(String, i32)>,
     pub replication: i32,
-    pub notify_channel: String,
+    /// Signalled by writers after each commit that added outbox rows.
+    pub wake: Arc<Notify>,
 }
 
 pub struct OutboxRelay {
+    contended: std::sync::atomic::AtomicBool,
     pool: PgPool,
     producer: FutureProducer,
     settings: KafkaSettings,
@@ -57,6 +61,7 @@ impl OutboxRelay {
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let producer = settings.producer(config.message_timeout)?;
         Ok(Self {
+            contended: Default::default(),
             pool,
             producer,
             settings,
@@ -68,19 +73,6 @@ impl OutboxRelay {
     /// and flushes the producer.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.warm_up().await;
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(&self.config.notify_channel).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox listen failed; relying on polling");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "outbox listener connect failed; relying on polling");
-                None
-            }
-        };
         let mut backoff = Duration::from_millis(100);
         let mut last_backlog_report = Instant::now() - Duration::from_secs(60);
         loop {
@@ -114,13 +106,18 @@ impl OutboxRelay {
                 last_backlog_report = Instant::now();
                 self.report_backlog().await;
             }
-            let wait = async {
-                match listener.as_mut() {
-                    Some(l) => {
-                        let _ = tokio::time::timeout(self.config.poll_interval, l.recv()).await;
-                    }
-                    None => tokio::time::sleep(self.config.poll_interval).await,
-                }
+            // Another replica holds the publish lock: look again soon rather than a poll later.
+            let wait = if self
+                .contended
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                Duration::from_millis(20).min(self.config.poll_interval)
+            } else {
+                self.config.poll_interval
+            };
+            let wake = self.config.wake.clone();
+            let wait = async move {
+                let _ = tokio::time::timeout(wait, wake.notified()).await;
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -175,6 +172,8 @@ impl OutboxRelay {
         .fetch_one(&mut *tx)
         .await?;
         if !locked {
+            self.contended
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(0);
         }
         let rows = sqlx::query(

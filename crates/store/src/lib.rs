@@ -126,22 +126,11 @@ pub struct ListFilter {
 #[derive(Clone, Debug)]
 pub struct EventStore {
     pool: PgPool,
-    channel: String,
-}
-
-/// Where pending outbox rows are announced: per schema, so that stores sharing one database
-/// (tests) do not wake each other's relays.
-pub async fn notify_channel(pool: &PgPool) -> Result<String> {
-    let schema: String = sqlx::query_scalar("SELECT current_schema()")
-        .fetch_one(pool)
-        .await?;
-    Ok(format!("tidings_outbox_{schema}"))
 }
 
 impl EventStore {
     pub async fn new(pool: PgPool) -> Result<Self> {
-        let channel = notify_channel(&pool).await?;
-        Ok(Self { pool, channel })
+        Ok(Self { pool })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -205,7 +194,6 @@ impl EventStore {
         .bind(idem.map(|i| i.1))
         .fetch_one(&mut *tx)
         .await?;
-        let channel = self.channel.clone();
         if let Some(fp) = row.get::<Option<String>, _>("fingerprint") {
             let outcome = serde_json::from_value(row.get("outcome")).map_err(corrupt)?;
             return Ok((
@@ -213,7 +201,6 @@ impl EventStore {
                     tx,
                     id,
                     state: None,
-                    channel,
                 },
                 Some((fp, outcome)),
             ));
@@ -222,15 +209,7 @@ impl EventStore {
             Some(snapshot) => Some(serde_json::from_value(snapshot).map_err(corrupt)?),
             None => rebuild(id, &load_events(&mut *tx, id).await?),
         };
-        Ok((
-            TicketWrite {
-                tx,
-                id,
-                state,
-                channel,
-            },
-            None,
-        ))
+        Ok((TicketWrite { tx, id, state }, None))
     }
 
     pub async fn list(
@@ -383,7 +362,6 @@ pub struct TicketWrite {
     tx: Transaction<'static, Postgres>,
     id: TicketId,
     state: Option<Ticket>,
-    channel: String,
 }
 
 impl TicketWrite {
@@ -458,7 +436,7 @@ impl TicketWrite {
              ), rm AS (
                  INSERT INTO tickets (ticket_id, ticket_number, requester, requester_account_id, subject,
                                       status, created_at, last_activity_at, version, snapshot)
-                 VALUES ($1, $15, $16, $17, $18, $19, $20, $21, $22, $28)
+                 VALUES ($1, $15, $16, $17, $18, $19, $20, $21, $22, $27)
                  ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status,
                      last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version,
                      snapshot = EXCLUDED.snapshot
@@ -466,8 +444,7 @@ impl TicketWrite {
                  INSERT INTO idempotency_keys (scope, request_id, fingerprint, ticket_id, outcome)
                  SELECT $23, $24, $25, $1, $26 WHERE $23::text IS NOT NULL
              )
-             -- Delivered at commit: wakes the relay without waiting for its poll.
-             SELECT pg_notify($27, '') WHERE cardinality($10::uuid[]) > 0",
+             SELECT 1",
         )
         .bind(self.id.as_uuid())
         .bind(TicketEvent::SCHEMA_VERSION)
@@ -495,7 +472,6 @@ impl TicketWrite {
         .bind(request_id)
         .bind(fingerprint)
         .bind(outcome)
-        .bind(&self.channel)
         .bind(serde_json::to_value(state).map_err(corrupt)?)
         .execute(&mut *self.tx)
         .await?;

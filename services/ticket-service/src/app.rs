@@ -61,7 +61,9 @@ impl Application {
             Authenticator::new(&config.jwt, config.guest.keys.clone())
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
         let exec = Arc::new(Executor {
+            outbox_wake: outbox_wake.clone(),
             store: store.clone(),
             clock: clock.clone(),
             topics: config.topics.clone(),
@@ -78,7 +80,7 @@ impl Application {
                 message_timeout: config.outbox.message_timeout,
                 topics,
                 replication: config.topics.replication,
-                notify_channel: tidings_store::notify_channel(&pool).await?,
+                wake: outbox_wake.clone(),
             },
         )
         .context("creating kafka producer")?;

@@ -24,6 +24,8 @@ const MAX_ATTEMPTS: usize = 8;
 
 pub struct Executor {
     pub store: EventStore,
+    /// Wakes this process's outbox relay after a commit that added outbox rows.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
     pub clock: Arc<dyn Clock>,
     pub topics: Topics,
     pub ce_source: String,
@@ -194,6 +196,9 @@ impl Executor {
         });
         tx.append(&stored, &outbox, &after, idem).await?;
         tx.commit().await?;
+        if !outbox.is_empty() {
+            self.outbox_wake.notify_one();
+        }
         for e in &decided {
             metrics::counter!("tidings_events_appended_total", "type" => e.kind().name())
                 .increment(1);

@@ -7,7 +7,7 @@ mod types;
 
 pub use ticket::{
     AccessCodeOutcome, Command, Context, DomainError, EventKind, Message, MessageKind, PendingCode,
-    Ticket, TicketEvent, apply, decide, fold,
+    Ticket, TicketEvent, TicketSummary, apply, decide, fold,
 };
 pub use types::{
     AccountId, Actor, Body, DisplayName, Email, Locale, ParseError, RequestId, Requester, Subject,

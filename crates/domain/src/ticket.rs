@@ -167,6 +167,18 @@ pub struct Ticket {
     pub last_code_requested_at: Option<DateTime<Utc>>,
 }
 
+/// A ticket as the list shows it (the read model's row): no conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketSummary {
+    pub id: TicketId,
+    pub number: TicketNumber,
+    pub requester: Requester,
+    pub subject: Subject,
+    pub status: TicketStatus,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
     #[error("ticket already exists")]

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use tidings_domain::{
     Actor, Message, MessageKind, ParseError, Requester, Ticket, TicketEvent, TicketStatus,
+    TicketSummary,
 };
 use uuid::Uuid;
 
@@ -77,27 +78,41 @@ pub struct View {
 }
 
 pub fn ticket_to_wire(t: &Ticket, view: View) -> api::Ticket {
-    let (requester_kind, account_id) = match &t.requester {
+    let summary = TicketSummary {
+        id: t.id,
+        number: t.number,
+        requester: t.requester.clone(),
+        subject: t.subject.clone(),
+        status: t.status,
+        created_at: t.created_at,
+        last_activity_at: t.last_activity_at,
+    };
+    let mut wire = summary_to_wire(&summary, view);
+    if view.with_history {
+        wire.messages = t.messages.iter().map(message_to_wire).collect();
+    }
+    wire
+}
+
+/// A list entry; `messages` stays empty.
+pub fn summary_to_wire(s: &TicketSummary, view: View) -> api::Ticket {
+    let (requester_kind, account_id) = match &s.requester {
         Requester::Customer { account_id, .. } => {
             (api::AuthorKind::Customer, account_id.to_string())
         }
         Requester::Guest { .. } => (api::AuthorKind::Guest, String::new()),
     };
     api::Ticket {
-        ticket_id: t.id.to_string(),
-        ticket_number: t.number.get(),
-        subject: t.subject.to_string(),
-        status: status_to_wire(t.status) as i32,
+        ticket_id: s.id.to_string(),
+        ticket_number: s.number.get(),
+        subject: s.subject.to_string(),
+        status: status_to_wire(s.status) as i32,
         requester_kind: requester_kind as i32,
-        created_at: Some(timestamp(t.created_at)),
-        last_activity_at: Some(timestamp(t.last_activity_at)),
-        messages: if view.with_history {
-            t.messages.iter().map(message_to_wire).collect()
-        } else {
-            vec![]
-        },
+        created_at: Some(timestamp(s.created_at)),
+        last_activity_at: Some(timestamp(s.last_activity_at)),
+        messages: vec![],
         requester_email: if view.agent {
-            t.requester.email().to_string()
+            s.requester.email().to_string()
         } else {
             String::new()
         },

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
+pub use tidings_domain::TicketSummary;
 use tidings_domain::{
     Actor, Requester, Subject, Ticket, TicketEvent, TicketId, TicketNumber, TicketStatus, fold,
 };
@@ -102,18 +103,6 @@ pub struct Outcome {
     /// Sequence of the event the caller cares about (e.g. the ReplyAdded).
     pub sequence: u64,
     pub status: String,
-}
-
-/// A row of the list read model.
-#[derive(Debug, Clone)]
-pub struct TicketSummary {
-    pub id: TicketId,
-    pub number: TicketNumber,
-    pub requester: Requester,
-    pub subject: Subject,
-    pub status: TicketStatus,
-    pub created_at: DateTime<Utc>,
-    pub last_activity_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -7,8 +7,8 @@ use tidings_domain::{
     Actor, Body, Command, Email, Locale, RequestId, Requester, Subject, TicketEvent, TicketId,
 };
 use tidings_proto::ticket::v1 as pb;
-use tidings_proto::{View, status_from_wire, status_to_wire, ticket_to_wire};
-use tidings_store::{Cursor, ListFilter, TicketSummary};
+use tidings_proto::{View, status_from_wire, status_to_wire, summary_to_wire, ticket_to_wire};
+use tidings_store::{Cursor, ListFilter};
 use tonic::{Request, Response, Status};
 
 use super::{bearer, observe, require, trace_of, traceparent_header};
@@ -44,75 +44,65 @@ fn any(_: &TicketEvent) -> bool {
     true
 }
 
-fn summary_to_wire(s: &TicketSummary, agent: bool) -> pb::Ticket {
-    let (kind, account) = match &s.requester {
-        Requester::Customer { account_id, .. } => {
-            (pb::AuthorKind::Customer, account_id.to_string())
-        }
-        Requester::Guest { .. } => (pb::AuthorKind::Guest, String::new()),
-    };
-    pb::Ticket {
-        ticket_id: s.id.to_string(),
-        ticket_number: s.number.get(),
-        subject: s.subject.to_string(),
-        status: status_to_wire(s.status) as i32,
-        requester_kind: kind as i32,
-        created_at: Some(tidings_proto::timestamp(s.created_at)),
-        last_activity_at: Some(tidings_proto::timestamp(s.last_activity_at)),
-        messages: vec![],
-        requester_email: if agent {
-            s.requester.email().to_string()
-        } else {
-            String::new()
-        },
-        requester_account_id: if agent { account } else { String::new() },
-    }
-}
-
 /// What a mutating call is about, for its idempotency fingerprint.
-struct Target<'a> {
-    ticket_id: &'a str,
-    request_id: &'a str,
+struct Target {
+    ticket_id: String,
+    request_id: String,
     kind: &'static str,
-    content: &'a str,
+    content: String,
 }
 
 impl TicketApi {
     async fn mutate(
         &self,
         principal: Principal,
-        target: Target<'_>,
+        target: Target,
         command: Command,
         trace: tidings_telemetry::trace_context::TraceParent,
         focus: fn(&TicketEvent) -> bool,
     ) -> Result<tidings_store::Outcome, ApiError> {
-        let Target {
-            ticket_id: raw_ticket,
-            request_id: rid,
-            kind,
-            content,
-        } = target;
-        let id = ticket_id(raw_ticket)?;
-        let rid = request_id(rid)?;
+        let id = ticket_id(&target.ticket_id)?;
+        let rid = request_id(&target.request_id)?;
         let idem = Idempotency {
             scope: principal.scope_key(),
             request_id: rid.as_str(),
-            fingerprint: fingerprint(&[kind, raw_ticket, content]),
+            fingerprint: fingerprint(&[target.kind, &target.ticket_id, &target.content]),
         };
         let p = principal.clone();
-        let executed = self
-            .exec
-            .execute(Write {
-                id,
-                actor: principal.actor(),
-                visible: &move |t| visible_to(&p, t),
-                command,
-                idem: Some(idem),
-                trace,
-                focus,
-            })
-            .await?;
-        Ok(executed.outcome)
+        let visible = move |t: &tidings_domain::Ticket| visible_to(&p, t);
+        let w = Write {
+            id,
+            actor: principal.actor(),
+            visible: &visible,
+            command,
+            idem: Some(idem),
+            trace,
+            focus,
+        };
+        Ok(self.exec.execute(w).await?.outcome)
+    }
+
+    /// The shape every agent/requester action shares: authenticate, parse, run, answer with
+    /// (ticket id, sequence of the focused event, status).
+    async fn mutation<R, T>(
+        &self,
+        rpc: &'static str,
+        req: Request<R>,
+        focus: fn(&TicketEvent) -> bool,
+        parse: impl FnOnce(R) -> Result<(Target, Command), ApiError>,
+        respond: impl FnOnce(String, u64, i32) -> T,
+    ) -> Result<Response<T>, Status> {
+        observe(rpc, traceparent_header(&req), async {
+            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
+            let trace = trace_of(&req);
+            let (target, command) = parse(req.into_inner())?;
+            let o = self
+                .mutate(principal, target, command, trace, focus)
+                .await?;
+            Ok(respond(o.ticket_id.to_string(), o.sequence, status_of(&o)))
+        })
+        .await
+        .map(Response::new)
     }
 }
 
@@ -261,107 +251,85 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         &self,
         req: Request<pb::PostReplyRequest>,
     ) -> Result<Response<pb::PostReplyResponse>, Status> {
-        observe("PostReply", traceparent_header(&req), async {
-            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
-            let trace = trace_of(&req);
-            let r = req.into_inner();
-            let text = body("body", &r.body)?;
-            let o = self
-                .mutate(
-                    principal,
-                    Target {
-                        ticket_id: &r.ticket_id,
-                        request_id: &r.request_id,
-                        kind: "reply",
-                        content: text.as_str(),
-                    },
-                    Command::PostReply { body: text.clone() },
-                    trace,
-                    is_reply,
-                )
-                .await?;
-            Ok(pb::PostReplyResponse {
-                ticket_id: o.ticket_id.to_string(),
-                sequence: o.sequence,
-                status: status_of(&o),
-            })
-        })
+        self.mutation(
+            "PostReply",
+            req,
+            is_reply,
+            |r| {
+                let text = body("body", &r.body)?;
+                let target = Target {
+                    ticket_id: r.ticket_id,
+                    request_id: r.request_id,
+                    kind: "reply",
+                    content: r.body,
+                };
+                Ok((target, Command::PostReply { body: text }))
+            },
+            |ticket_id, sequence, status| pb::PostReplyResponse {
+                ticket_id,
+                sequence,
+                status,
+            },
+        )
         .await
-        .map(Response::new)
     }
 
     async fn request_info(
         &self,
         req: Request<pb::RequestInfoRequest>,
     ) -> Result<Response<pb::RequestInfoResponse>, Status> {
-        observe("RequestInfo", traceparent_header(&req), async {
-            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
-            let trace = trace_of(&req);
-            let r = req.into_inner();
-            let text = body("body", &r.body)?;
-            let o = self
-                .mutate(
-                    principal,
-                    Target {
-                        ticket_id: &r.ticket_id,
-                        request_id: &r.request_id,
-                        kind: "request_info",
-                        content: text.as_str(),
-                    },
-                    Command::RequestInfo { body: text.clone() },
-                    trace,
-                    is_info,
-                )
-                .await?;
-            Ok(pb::RequestInfoResponse {
-                ticket_id: o.ticket_id.to_string(),
-                sequence: o.sequence,
-                status: status_of(&o),
-            })
-        })
+        self.mutation(
+            "RequestInfo",
+            req,
+            is_info,
+            |r| {
+                let text = body("body", &r.body)?;
+                let target = Target {
+                    ticket_id: r.ticket_id,
+                    request_id: r.request_id,
+                    kind: "request_info",
+                    content: r.body,
+                };
+                Ok((target, Command::RequestInfo { body: text }))
+            },
+            |ticket_id, sequence, status| pb::RequestInfoResponse {
+                ticket_id,
+                sequence,
+                status,
+            },
+        )
         .await
-        .map(Response::new)
     }
 
     async fn resolve_ticket(
         &self,
         req: Request<pb::ResolveTicketRequest>,
     ) -> Result<Response<pb::ResolveTicketResponse>, Status> {
-        observe("ResolveTicket", traceparent_header(&req), async {
-            let principal = require(bearer(&self.auth, &self.clock, &req)?)?;
-            let trace = trace_of(&req);
-            let r = req.into_inner();
-            let note = if r.note.trim().is_empty() {
-                None
-            } else {
-                Some(body("note", &r.note)?)
-            };
-            let content = note
-                .as_ref()
-                .map(|n| n.as_str().to_owned())
-                .unwrap_or_default();
-            let o = self
-                .mutate(
-                    principal,
-                    Target {
-                        ticket_id: &r.ticket_id,
-                        request_id: &r.request_id,
-                        kind: "resolve",
-                        content: &content,
-                    },
-                    Command::Resolve { note },
-                    trace,
-                    is_resolved,
-                )
-                .await?;
-            Ok(pb::ResolveTicketResponse {
-                ticket_id: o.ticket_id.to_string(),
-                sequence: o.sequence,
-                status: status_of(&o),
-            })
-        })
+        self.mutation(
+            "ResolveTicket",
+            req,
+            is_resolved,
+            |r| {
+                let note = if r.note.trim().is_empty() {
+                    None
+                } else {
+                    Some(body("note", &r.note)?)
+                };
+                let target = Target {
+                    ticket_id: r.ticket_id,
+                    request_id: r.request_id,
+                    kind: "resolve",
+                    content: r.note,
+                };
+                Ok((target, Command::Resolve { note }))
+            },
+            |ticket_id, sequence, status| pb::ResolveTicketResponse {
+                ticket_id,
+                sequence,
+                status,
+            },
+        )
         .await
-        .map(Response::new)
     }
 
     async fn get_ticket(
@@ -456,7 +424,18 @@ impl pb::ticket_service_server::TicketService for TicketApi {
             };
             let agent = matches!(principal, Principal::Agent { .. });
             Ok(pb::ListTicketsResponse {
-                tickets: rows.iter().map(|s| summary_to_wire(s, agent)).collect(),
+                tickets: rows
+                    .iter()
+                    .map(|s| {
+                        summary_to_wire(
+                            s,
+                            View {
+                                with_history: false,
+                                agent,
+                            },
+                        )
+                    })
+                    .collect(),
                 next_page_token: next,
             })
         })

@@ -351,6 +351,54 @@ mod tests {
         assert_eq!(a.authenticate(None, Utc::now()), Ok(None));
     }
 
+    fn es256(claims: &Claims, private_pem: &str) -> String {
+        let key = EncodingKey::from_ec_pem(private_pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &key).unwrap()
+    }
+
+    #[test]
+    fn es256_tokens_verify_with_the_providers_public_key_only() {
+        let settings = JwtSettings {
+            key: JwtKey::Es256Pem(include_str!("../testdata/es256-public.pem").into()),
+            issuer: Some("https://idp.example".into()),
+            audience: Some("tidings".into()),
+            agent_role: "agent".into(),
+        };
+        let a = Authenticator::new(&settings, keys()).unwrap();
+        let good = Claims {
+            iss: Some("https://idp.example".into()),
+            aud: Some("tidings".into()),
+            ..claims("ann")
+        };
+        let t = es256(&good, include_str!("../testdata/es256-private.pem"));
+        assert!(matches!(
+            a.authenticate(Some(&format!("Bearer {t}")), Utc::now()),
+            Ok(Some(Principal::Customer { .. }))
+        ));
+        let other = es256(&good, include_str!("../testdata/es256-other-private.pem"));
+        assert!(matches!(
+            a.authenticate(Some(&format!("Bearer {other}")), Utc::now()),
+            Err(AuthError::Invalid(_))
+        ));
+        let wrong_aud = es256(
+            &Claims {
+                aud: Some("someone-else".into()),
+                ..good.clone()
+            },
+            include_str!("../testdata/es256-private.pem"),
+        );
+        assert!(matches!(
+            a.authenticate(Some(&format!("Bearer {wrong_aud}")), Utc::now()),
+            Err(AuthError::Invalid(_))
+        ));
+        // An HS256 token cannot pass where ES256 is configured (no algorithm confusion).
+        let hs = mint_hs256(&secret(), &good);
+        assert!(matches!(
+            a.authenticate(Some(&format!("Bearer {hs}")), Utc::now()),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
     #[test]
     fn guest_session_token_becomes_guest_of_one_ticket() {
         let t = TicketId::new();

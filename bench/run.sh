@@ -49,12 +49,23 @@ PG_TPS="$(PGOPTIONS="-c search_path=$PG_SCHEMA" pgbench -n -c "$CLIENTS" -j 2 -T
 PG_LAT="$(PGOPTIONS="-c search_path=$PG_SCHEMA" psql "$DATABASE_URL" -tAc "SELECT count(*) FROM events")"
 
 # ---- ours: the release ticket service under tidings-loadgen ----
+# A fresh broker of its own: tansu's memory storage keeps every topic it was ever sent, and a
+# long-lived dev broker gets slower to acknowledge as it grows (seen: ~1 GB, 3x the lag).
+if [ -z "${BENCH_KAFKA_BROKERS:-}" ] && command -v tansu >/dev/null; then
+  BENCH_KAFKA_PORT="${BENCH_KAFKA_PORT:-19192}"
+  tansu broker --listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" \
+    --storage-engine memory://tansu/ > .dev/bench-tansu.log 2>&1 &
+  BENCH_TANSU=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$BENCH_KAFKA_PORT) 2>/dev/null && break; sleep 0.1; done
+  KAFKA_BROKERS="127.0.0.1:$BENCH_KAFKA_PORT"
+fi
+KAFKA_BROKERS="${BENCH_KAFKA_BROKERS:-$KAFKA_BROKERS}"
 TOPIC="tidings.bench.$STAMP"
 TIDINGS_DB_SCHEMA="$SVC_SCHEMA" TIDINGS_TICKET_EVENTS_TOPIC="$TOPIC" TIDINGS_ACCESS_CODES_TOPIC="$TOPIC.codes" \
   TIDINGS_GRPC_ADDR=127.0.0.1:50551 TIDINGS_ADMIN_ADDR=127.0.0.1:19465 TIDINGS_DB_MAX_CONNECTIONS="${BENCH_DB_CONNECTIONS:-24}" \
   RUST_LOG=warn KAFKA_BROKERS="$KAFKA_BROKERS" "$BIN/ticket-service" > .dev/bench-ticket-service.log 2>&1 &
 SVC=$!
-trap 'kill $SVC 2>/dev/null || true' EXIT
+trap 'kill $SVC ${BENCH_TANSU:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50551) 2>/dev/null && break; sleep 0.1; done
 psql "$PG/$DB" -qc CHECKPOINT
 echo "ticket service: $CLIENTS concurrent PostReply clients, ${SECONDS_RUN}s (+3s warm-up)" >&2
@@ -73,6 +84,7 @@ LAG="$(PGOPTIONS="-c search_path=$SVC_SCHEMA" psql "$DATABASE_URL" -tAF' ' -c "
          count(*)
   FROM outbox WHERE published_at IS NOT NULL AND created_at >= timestamptz '$LOAD_START' + interval '3 seconds'")"
 kill -TERM $SVC; wait $SVC 2>/dev/null || true
+[ -n "${BENCH_TANSU:-}" ] && kill "$BENCH_TANSU" 2>/dev/null || true
 trap - EXIT
 
 OUR_RPS="$(sed -E 's/.*postreply_rps=([0-9]+).*/\1/' <<<"$OURS")"

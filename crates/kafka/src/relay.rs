@@ -11,7 +11,7 @@
 //! global lock). Rows written by other replicas are found by their own relay or by the poll. Broker outages never touch
 //! the write path: rows wait in Postgres and the relay retries with capped backoff.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
@@ -74,7 +74,9 @@ impl OutboxRelay {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.warm_up().await;
         let mut backoff = Duration::from_millis(100);
-        let mut last_backlog_report = Instant::now() - Duration::from_secs(60);
+        // Housekeeping runs beside the publish loop, never inside it: a slow cleanup scan
+        // must not stall publishing (it showed as periodic lag spikes).
+        let housekeeping = tokio::spawn(housekeeping(self.pool.clone(), shutdown.clone()));
         loop {
             match self.drain().await {
                 Ok(_) => backoff = Duration::from_millis(100),
@@ -102,10 +104,7 @@ impl OutboxRelay {
                     continue;
                 }
             }
-            if last_backlog_report.elapsed() >= Duration::from_secs(5) {
-                last_backlog_report = Instant::now();
-                self.report_backlog().await;
-            }
+
             // Another replica holds the publish lock: look again soon rather than a poll later.
             let wait = if self
                 .contended
@@ -133,6 +132,7 @@ impl OutboxRelay {
             Err(_) => tracing::warn!("outbox drain at shutdown timed out; rows stay pending"),
         }
         let _ = self.producer.flush(Duration::from_secs(5));
+        let _ = housekeeping.await;
     }
 
     /// Connects and learns partition leaders before the first batch, so the first rows
@@ -176,6 +176,12 @@ impl OutboxRelay {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(0);
         }
+        // Marking rows published is bookkeeping: if a crash loses the mark, the rows are sent
+        // again (at-least-once allows it), so this commit need not wait for the WAL flush.
+        // The writers' own commits stay fully durable.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
             "SELECT id, topic, key, value, headers, created_at FROM outbox
              WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -253,20 +259,6 @@ impl OutboxRelay {
             None => Ok(acked.len()),
         }
     }
-
-    async fn report_backlog(&self) {
-        if let Ok(n) =
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&self.pool)
-                .await
-        {
-            metrics::gauge!("tidings_outbox_backlog").set(n as f64);
-        }
-        // Keep the table small: acknowledged rows are only useful for a while (debugging).
-        let _ = sqlx::query("DELETE FROM outbox WHERE published_at < now() - interval '1 day'")
-            .execute(&self.pool)
-            .await;
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +267,32 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// Reports the backlog every 5 s and deletes rows acknowledged more than a day ago once a
+/// minute (they are only kept for debugging).
+async fn housekeeping(pool: PgPool, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Ok(backlog) =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&pool)
+                .await
+        {
+            metrics::gauge!("tidings_outbox_backlog").set(backlog as f64);
+        }
+        if n.is_multiple_of(12) {
+            let _ = sqlx::query("DELETE FROM outbox WHERE published_at < now() - interval '1 day'")
+                .execute(&pool)
+                .await;
+        }
+        n += 1;
+    }
 }
 
 fn jitter(d: Duration) -> Duration {

@@ -364,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
                     .await?
                     .into_inner();
                 println!(
-                    "a code was emailed; it expires at {}",
+                    "code requested; the email dispatcher mails it to the guest; it expires at {}",
                     when(&r.code_expires_at)
                 );
             }

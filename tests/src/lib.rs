@@ -218,6 +218,30 @@ pub fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
     req
 }
 
+/// A signed-in customer's new-ticket request with a fresh idempotency key.
+pub fn new_ticket(subject: impl Into<String>) -> tidings_proto::ticket::v1::OpenTicketRequest {
+    tidings_proto::ticket::v1::OpenTicketRequest {
+        request_id: rid(),
+        subject: subject.into(),
+        body: "My withdrawal 0xabc has been pending since 09:12".into(),
+        guest: None,
+    }
+}
+
+/// Opens a ticket as the customer holding `token`.
+pub async fn open_as(
+    app: &TestApp,
+    token: &str,
+    subject: &str,
+) -> tidings_proto::ticket::v1::OpenTicketResponse {
+    app.tickets()
+        .await
+        .open_ticket(authed(token, new_ticket(subject)))
+        .await
+        .expect("open ticket")
+        .into_inner()
+}
+
 pub fn rid() -> String {
     Uuid::new_v4().to_string()
 }

@@ -260,15 +260,7 @@ async fn request_info_on_a_resolved_ticket_is_a_failed_precondition() {
     let mut c = app.tickets().await;
     let (ann, giulia) = (customer("ann"), agent("giulia"));
     let id = c
-        .open_ticket(authed(
-            &ann,
-            OpenTicketRequest {
-                request_id: rid(),
-                subject: "s".into(),
-                body: "b".into(),
-                guest: None,
-            },
-        ))
+        .open_ticket(authed(&ann, new_ticket("s")))
         .await
         .unwrap()
         .into_inner()

@@ -21,18 +21,7 @@ async fn replies_posted_while_the_broker_is_down_all_succeed_and_are_published_i
     let mut c = app.tickets().await;
     let mut tickets = Vec::new();
     for s in ["first", "second"] {
-        let r = c
-            .open_ticket(authed(
-                &ann,
-                OpenTicketRequest {
-                    request_id: rid(),
-                    subject: s.into(),
-                    body: "b".into(),
-                    guest: None,
-                },
-            ))
-            .await
-            .unwrap();
+        let r = c.open_ticket(authed(&ann, new_ticket(s))).await.unwrap();
         tickets.push(r.into_inner().ticket_id);
     }
     eventually(

@@ -169,15 +169,7 @@ async fn a_link_only_works_for_the_ticket_and_email_it_was_minted_for() {
     let customer_ticket = app
         .tickets()
         .await
-        .open_ticket(authed(
-            &customer("ann"),
-            OpenTicketRequest {
-                request_id: rid(),
-                subject: "s".into(),
-                body: "b".into(),
-                guest: None,
-            },
-        ))
+        .open_ticket(authed(&customer("ann"), new_ticket("s")))
         .await
         .unwrap()
         .into_inner()

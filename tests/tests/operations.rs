@@ -73,17 +73,9 @@ async fn health_reports_serving_and_reflection_lists_the_services() {
 async fn metrics_count_calls_by_rpc_and_status() {
     let app = spawn_app().await;
     let mut c = app.tickets().await;
-    c.open_ticket(authed(
-        &customer("ann"),
-        OpenTicketRequest {
-            request_id: rid(),
-            subject: "s".into(),
-            body: "b".into(),
-            guest: None,
-        },
-    ))
-    .await
-    .unwrap();
+    c.open_ticket(authed(&customer("ann"), new_ticket("s")))
+        .await
+        .unwrap();
     let _ = c
         .get_ticket(GetTicketRequest {
             ticket_id: "nope".into(),

@@ -12,7 +12,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tidings_proto::ticket::v1::*;
 use tidings_tests::*;
 
 #[derive(Clone, Default)]
@@ -57,15 +56,7 @@ async fn call_spans_are_exported_over_otlp_in_the_callers_trace_and_match_the_st
     );
 
     let app = spawn_app().await;
-    let mut req = authed(
-        &customer("ann"),
-        OpenTicketRequest {
-            request_id: rid(),
-            subject: "s".into(),
-            body: "b".into(),
-            guest: None,
-        },
-    );
+    let mut req = authed(&customer("ann"), new_ticket("s"));
     req.metadata_mut().insert(
         "traceparent",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -8,23 +8,6 @@ use tidings_proto::ticket::v1::*;
 use tidings_tests::*;
 use tonic::Code;
 
-async fn open_as(app: &TestApp, customer_token: &str, subject: &str) -> OpenTicketResponse {
-    app.tickets()
-        .await
-        .open_ticket(authed(
-            customer_token,
-            OpenTicketRequest {
-                request_id: rid(),
-                subject: subject.into(),
-                body: "My withdrawal 0xabc has been pending since 09:12".into(),
-                guest: None,
-            },
-        ))
-        .await
-        .expect("open ticket")
-        .into_inner()
-}
-
 #[tokio::test]
 async fn open_reply_request_info_resolve_is_visible_in_get_ticket_and_on_the_topic_in_order() {
     let app = spawn_app().await;
@@ -166,15 +149,7 @@ async fn open_reply_request_info_resolve_is_visible_in_get_ticket_and_on_the_top
 #[tokio::test]
 async fn the_callers_trace_continues_into_the_stored_event_and_kafka_headers() {
     let app = spawn_app().await;
-    let mut req = authed(
-        &customer("ann"),
-        OpenTicketRequest {
-            request_id: rid(),
-            subject: "s".into(),
-            body: "b".into(),
-            guest: None,
-        },
-    );
+    let mut req = authed(&customer("ann"), new_ticket("s"));
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     req.metadata_mut()
         .insert("traceparent", incoming.parse().unwrap());

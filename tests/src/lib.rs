@@ -94,6 +94,8 @@ pub struct SpawnOptions {
     pub brokers: String,
     pub schema: Option<String>,
     pub topic: Option<String>,
+    /// `TIDINGS_OUTBOX_BATCH_SIZE`; small batches make relay races likelier.
+    pub outbox_batch_size: Option<i64>,
 }
 
 impl Default for SpawnOptions {
@@ -102,6 +104,7 @@ impl Default for SpawnOptions {
             brokers: kafka_brokers(),
             schema: None,
             topic: None,
+            outbox_batch_size: None,
         }
     }
 }
@@ -119,7 +122,10 @@ pub async fn spawn_app_with(opts: SpawnOptions) -> TestApp {
         .topic
         .unwrap_or_else(|| format!("test.ticket-events.{id}"));
     let codes_topic = format!("{topic}.codes");
-    let config = config_for(&schema, &topic, &codes_topic, &opts.brokers);
+    let mut config = config_for(&schema, &topic, &codes_topic, &opts.brokers);
+    if let Some(n) = opts.outbox_batch_size {
+        config.outbox.batch_size = n;
+    }
     let clock = ManualClock::new(Utc::now());
     let app = Application::build(config, Arc::new(clock.clone()))
         .await
@@ -246,14 +252,60 @@ pub fn rid() -> String {
     Uuid::new_v4().to_string()
 }
 
-/// Consumes `topic` from the beginning of every partition (no group coordination, so it is
-/// fast and independent of other tests) until `n` records or the deadline.
+/// Consumes `topic` from the beginning of every partition until `n` records or the deadline.
 pub async fn read_topic(
     brokers: &str,
     topic: &str,
     n: usize,
     within: Duration,
 ) -> Vec<OwnedMessage> {
+    let consumer = assigned_reader(brokers, topic, within).await;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("kafka error while reading {topic}: {e}"),
+            Err(_) => panic!("only {} of {n} records arrived on {topic}", out.len()),
+        }
+    }
+    out
+}
+
+/// Reads exactly `n` records, then asserts that no further record arrives within `settle`
+/// (a bounded window: absence cannot be awaited any other way). Use it after the outbox is
+/// drained: every send is acknowledged before its row is marked, so a duplicate would
+/// already be on the topic.
+pub async fn read_topic_exactly(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    settle: Duration,
+) -> Vec<OwnedMessage> {
+    let consumer = assigned_reader(brokers, topic, Duration::from_secs(20)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("kafka error while reading {topic}: {e}"),
+            Err(_) => panic!("only {} of {n} records arrived on {topic}", out.len()),
+        }
+    }
+    if let Ok(Ok(extra)) = tokio::time::timeout(settle, consumer.recv()).await {
+        panic!(
+            "more than {n} records on {topic}: another at offset {}",
+            extra.offset()
+        );
+    }
+    out
+}
+
+/// A consumer assigned to every partition of `topic` from the beginning: no group
+/// coordination, so it is fast and independent of other tests.
+async fn assigned_reader(brokers: &str, topic: &str, within: Duration) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-reader-{}", Uuid::new_v4()))
@@ -262,8 +314,7 @@ pub async fn read_topic(
         .expect("consumer");
     let deadline = tokio::time::Instant::now() + within;
     let partitions = loop {
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5));
-        if let Ok(md) = md
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
             && let Some(t) = md.topics().iter().find(|t| t.name() == topic)
             && !t.partitions().is_empty()
         {
@@ -281,16 +332,7 @@ pub async fn read_topic(
             .expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    while out.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(m)) => out.push(m.detach()),
-            Ok(Err(e)) => panic!("kafka error while reading {topic}: {e}"),
-            Err(_) => panic!("only {} of {n} records arrived on {topic}", out.len()),
-        }
-    }
-    out
+    consumer
 }
 
 pub fn header<'a>(m: &'a OwnedMessage, name: &str) -> Option<&'a str> {

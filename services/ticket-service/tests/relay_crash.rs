@@ -116,6 +116,7 @@ async fn a_relay_killed_with_a_batch_in_flight_loses_nothing_after_restart() {
         brokers: broker.address(),
         schema: Some(schema.clone()),
         topic: Some(topic.clone()),
+        ..Default::default()
     })
     .await;
     eventually(

@@ -5,7 +5,7 @@
 
 pub mod broker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,6 +173,18 @@ impl TestApp {
         }
     }
 
+    /// Waits until the relay has published every outbox row of this schema.
+    pub async fn outbox_drained(&self, within: Duration, what: &str) {
+        eventually(within, what, || async {
+            (self
+                .count("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0)
+                .then_some(())
+        })
+        .await;
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.pool)
@@ -262,14 +274,7 @@ pub async fn read_topic(
     let consumer = assigned_reader(brokers, topic, within).await;
     let deadline = tokio::time::Instant::now() + within;
     let mut out = Vec::new();
-    while out.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(m)) => out.push(m.detach()),
-            Ok(Err(e)) => panic!("kafka error while reading {topic}: {e}"),
-            Err(_) => panic!("only {} of {n} records arrived on {topic}", out.len()),
-        }
-    }
+    read_n(&consumer, topic, n, deadline, &mut out).await;
     out
 }
 
@@ -286,6 +291,24 @@ pub async fn read_topic_exactly(
     let consumer = assigned_reader(brokers, topic, Duration::from_secs(20)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut out = Vec::with_capacity(n);
+    read_n(&consumer, topic, n, deadline, &mut out).await;
+    if let Ok(Ok(extra)) = tokio::time::timeout(settle, consumer.recv()).await {
+        panic!(
+            "more than {n} records on {topic}: another at offset {}",
+            extra.offset()
+        );
+    }
+    out
+}
+
+/// Appends records to `out` until it holds `n`, or panics at the deadline.
+async fn read_n(
+    consumer: &StreamConsumer,
+    topic: &str,
+    n: usize,
+    deadline: tokio::time::Instant,
+    out: &mut Vec<OwnedMessage>,
+) {
     while out.len() < n {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, consumer.recv()).await {
@@ -294,13 +317,20 @@ pub async fn read_topic_exactly(
             Err(_) => panic!("only {} of {n} records arrived on {topic}", out.len()),
         }
     }
-    if let Ok(Ok(extra)) = tokio::time::timeout(settle, consumer.recv()).await {
-        panic!(
-            "more than {n} records on {topic}: another at offset {}",
-            extra.offset()
-        );
+}
+
+/// Event ids seen and, per ticket, the sequences in order of first appearance: duplicates
+/// (same `ce_id`) are skipped, as an at-least-once consumer does.
+pub fn first_deliveries(records: &[OwnedMessage]) -> (HashSet<String>, HashMap<String, Vec<u64>>) {
+    let mut seen = HashSet::new();
+    let mut per_ticket: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in records {
+        if seen.insert(header(m, "ce_id").expect("ce_id header").to_owned()) {
+            let e = decode(m);
+            per_ticket.entry(e.ticket_id).or_default().push(e.sequence);
+        }
     }
-    out
+    (seen, per_ticket)
 }
 
 /// A consumer assigned to every partition of `topic` from the beginning: no group

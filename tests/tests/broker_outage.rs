@@ -1,7 +1,7 @@
 //! A broker outage never fails or blocks writes; rows wait in the outbox and go out, in
 //! order per ticket, once the broker is back (a restarted tansu is empty: topics come back).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tidings_proto::ticket::v1::*;
@@ -24,17 +24,8 @@ async fn replies_posted_while_the_broker_is_down_all_succeed_and_are_published_i
         let r = c.open_ticket(authed(&ann, new_ticket(s))).await.unwrap();
         tickets.push(r.into_inner().ticket_id);
     }
-    eventually(
-        Duration::from_secs(20),
-        "opening events published",
-        || async {
-            (app.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .await
-                == 0)
-                .then_some(())
-        },
-    )
-    .await;
+    app.outbox_drained(Duration::from_secs(20), "opening events published")
+        .await;
 
     broker.stop().await;
     let started = Instant::now();
@@ -64,15 +55,9 @@ async fn replies_posted_while_the_broker_is_down_all_succeed_and_are_published_i
     );
 
     broker.resume().await;
-    eventually(
+    app.outbox_drained(
         Duration::from_secs(60),
         "outbox drained after the broker returned",
-        || async {
-            (app.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .await
-                == 0)
-                .then_some(())
-        },
     )
     .await;
 
@@ -85,15 +70,7 @@ async fn replies_posted_while_the_broker_is_down_all_succeed_and_are_published_i
             .collect();
     let records = read_topic(&app.brokers, &app.topic, 10, Duration::from_secs(20)).await;
     // At-least-once: dedupe by ce_id, then every row is there, and per-ticket order holds.
-    let mut seen = HashSet::new();
-    let mut per_ticket: HashMap<String, Vec<u64>> = HashMap::new();
-    for m in &records {
-        let id = header(m, "ce_id").unwrap().to_owned();
-        if seen.insert(id) {
-            let e = decode(m);
-            per_ticket.entry(e.ticket_id).or_default().push(e.sequence);
-        }
-    }
+    let (seen, per_ticket) = first_deliveries(&records);
     assert_eq!(seen, expected);
     for seqs in per_ticket.values() {
         assert!(

@@ -55,17 +55,8 @@ async fn two_replicas_publish_every_event_exactly_once_in_ticket_order() {
     for r in futures::future::join_all(calls).await {
         r.expect("every reply succeeds on either replica");
     }
-    eventually(
-        Duration::from_secs(30),
-        "both relays drained the outbox",
-        || async {
-            (a.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .await
-                == 0)
-                .then_some(())
-        },
-    )
-    .await;
+    a.outbox_drained(Duration::from_secs(30), "both relays drained the outbox")
+        .await;
 
     let stored = a.count("SELECT count(*) FROM events").await as usize;
     assert_eq!(stored, 63);

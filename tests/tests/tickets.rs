@@ -546,9 +546,7 @@ async fn the_read_model_rebuilt_from_events_matches_the_live_one() {
         .await
         .unwrap();
     app.stop().await;
-    let store = tidings_store::EventStore::new(app.pool.clone())
-        .await
-        .unwrap();
+    let store = tidings_store::EventStore::new(app.pool.clone());
     assert_eq!(store.rebuild_read_model().await.unwrap(), 2);
     let after: String = sqlx::query_scalar(snapshot)
         .fetch_one(&app.pool)

@@ -179,6 +179,21 @@ pub struct TicketSummary {
     pub last_activity_at: DateTime<Utc>,
 }
 
+impl Ticket {
+    /// The ticket as a list shows it.
+    pub fn summary(&self) -> TicketSummary {
+        TicketSummary {
+            id: self.id,
+            number: self.number,
+            requester: self.requester.clone(),
+            subject: self.subject.clone(),
+            status: self.status,
+            created_at: self.created_at,
+            last_activity_at: self.last_activity_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
     #[error("ticket already exists")]

@@ -153,7 +153,7 @@ impl OutboxRelay {
     }
 
     /// Publishes until nothing is pending. Returns the number of rows published.
-    pub async fn drain(&self) -> Result<usize, RelayError> {
+    async fn drain(&self) -> Result<usize, RelayError> {
         let mut total = 0;
         loop {
             let n = self.publish_batch().await?;

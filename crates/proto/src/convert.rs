@@ -78,16 +78,7 @@ pub struct View {
 }
 
 pub fn ticket_to_wire(t: &Ticket, view: View) -> api::Ticket {
-    let summary = TicketSummary {
-        id: t.id,
-        number: t.number,
-        requester: t.requester.clone(),
-        subject: t.subject.clone(),
-        status: t.status,
-        created_at: t.created_at,
-        last_activity_at: t.last_activity_at,
-    };
-    let mut wire = summary_to_wire(&summary, view);
+    let mut wire = summary_to_wire(&t.summary(), view);
     if view.with_history {
         wire.messages = t.messages.iter().map(message_to_wire).collect();
     }

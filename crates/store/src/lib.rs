@@ -118,8 +118,8 @@ pub struct EventStore {
 }
 
 impl EventStore {
-    pub async fn new(pool: PgPool) -> Result<Self> {
-        Ok(Self { pool })
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -254,15 +254,6 @@ impl EventStore {
         }
         tx.commit().await?;
         Ok(n)
-    }
-
-    /// Number of outbox rows not yet acknowledged by the broker.
-    pub async fn outbox_backlog(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
     }
 }
 

@@ -64,7 +64,6 @@ pub struct Write<'a> {
 pub struct Executed {
     pub outcome: Outcome,
     pub events: Vec<TicketEvent>,
-    pub state: Option<Ticket>,
 }
 
 /// Who may see a ticket at all. Everyone else is told it does not exist.
@@ -124,7 +123,6 @@ impl Executor {
             return Ok(Executed {
                 outcome,
                 events: vec![],
-                state: None,
             });
         }
         let state = tx.state();
@@ -207,7 +205,6 @@ impl Executor {
         Ok(Executed {
             outcome,
             events: decided,
-            state: Some(after),
         })
     }
 

@@ -54,7 +54,6 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             tidings_store::migrate(&pool, config.db_schema.as_deref()).await?;
             let n = tidings_store::EventStore::new(pool)
-                .await?
                 .rebuild_read_model()
                 .await?;
             tracing::info!(tickets = n, "read model rebuilt");

@@ -3,7 +3,7 @@
 //! publishes every event, in per-ticket order. (Records the broker took but we had not yet
 //! marked may appear twice; consumers dedupe by `ce_id`, so the test does the same.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -119,19 +119,8 @@ async fn a_relay_killed_with_a_batch_in_flight_loses_nothing_after_restart() {
         ..Default::default()
     })
     .await;
-    eventually(
-        Duration::from_secs(60),
-        "outbox drained after restart",
-        || async {
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap();
-            (n == 0).then_some(())
-        },
-    )
-    .await;
+    app.outbox_drained(Duration::from_secs(60), "outbox drained after restart")
+        .await;
 
     let expected: HashSet<String> = sqlx::query_scalar("SELECT event_id::text FROM events")
         .fetch_all(&pool)
@@ -140,14 +129,7 @@ async fn a_relay_killed_with_a_batch_in_flight_loses_nothing_after_restart() {
         .into_iter()
         .collect();
     let records = read_topic(&app.brokers, &topic, 44, Duration::from_secs(30)).await;
-    let mut seen = HashSet::new();
-    let mut per_ticket: HashMap<String, Vec<u64>> = HashMap::new();
-    for m in &records {
-        if seen.insert(header(m, "ce_id").unwrap().to_owned()) {
-            let e = decode(m);
-            per_ticket.entry(e.ticket_id).or_default().push(e.sequence);
-        }
-    }
+    let (seen, per_ticket) = first_deliveries(&records);
     assert_eq!(seen, expected, "every stored event reached the topic");
     for seqs in per_ticket.values() {
         assert_eq!(seqs, &(1..=11).collect::<Vec<u64>>(), "per-ticket order");

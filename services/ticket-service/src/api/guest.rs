@@ -53,6 +53,28 @@ impl GuestApi {
     }
 }
 
+impl GuestApi {
+    /// Runs a guest-access command on the linked ticket as its guest; returns the events.
+    async fn write_as_guest(
+        &self,
+        link: &UnverifiedLink,
+        email: tidings_domain::Email,
+        command: Command,
+        trace: tidings_telemetry::trace_context::TraceParent,
+    ) -> Result<Vec<TicketEvent>, ApiError> {
+        let write = Write {
+            id: link.ticket,
+            actor: Actor::Guest { email },
+            visible: &|_| true,
+            command,
+            idem: None,
+            trace,
+            focus: never_focus,
+        };
+        Ok(self.exec.execute(write).await?.events)
+    }
+}
+
 fn never_focus(_: &TicketEvent) -> bool {
     false
 }
@@ -73,19 +95,8 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
                 ttl: self.guest.code_ttl,
                 min_interval: self.guest.code_min_interval,
             };
-            let executed = self
-                .exec
-                .execute(Write {
-                    id: link.ticket,
-                    actor: Actor::Guest { email },
-                    visible: &|_| true,
-                    command,
-                    idem: None,
-                    trace,
-                    focus: never_focus,
-                })
-                .await?;
-            let expires_at = executed.events.iter().find_map(|e| match e {
+            let events = self.write_as_guest(&link, email, command, trace).await?;
+            let expires_at = events.iter().find_map(|e| match e {
                 TicketEvent::AccessCodeRequested { expires_at, .. } => Some(*expires_at),
                 _ => None,
             });
@@ -116,21 +127,10 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
             let command = Command::VerifyAccessCode {
                 code_hash: self.guest.keys.hash_code(link.ticket, code),
             };
-            let executed = self
-                .exec
-                .execute(Write {
-                    id: link.ticket,
-                    actor: Actor::Guest {
-                        email: email.clone(),
-                    },
-                    visible: &|_| true,
-                    command,
-                    idem: None,
-                    trace,
-                    focus: never_focus,
-                })
+            let events = self
+                .write_as_guest(&link, email.clone(), command, trace)
                 .await?;
-            match AccessCodeOutcome::from_events(&executed.events) {
+            match AccessCodeOutcome::from_events(&events) {
                 Some(AccessCodeOutcome::Granted) => {
                     let expires_at = self.clock.now() + self.guest.session_ttl;
                     let token = self

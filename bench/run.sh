@@ -5,8 +5,8 @@
 #    one outbox row (~600 B) into the same tables (same indexes) in a fresh schema.
 # 2. The release ticket service on the same Postgres and broker, driven by tidings-loadgen:
 #    32 concurrent PostReply clients for the same time.
-# Prints both, the ratio, the outbox->broker publish lag (exact, from published_at -
-# created_at of every row) and the service's peak RSS.
+# Prints both, the ratio, the outbox->broker publish lag (every row's ack time - insert time,
+# from the relay's histogram) and the service's peak RSS.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -69,20 +69,24 @@ trap 'kill $SVC ${BENCH_TANSU:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50551) 2>/dev/null && break; sleep 0.1; done
 psql "$PG/$DB" -qc CHECKPOINT
 echo "ticket service: $CLIENTS concurrent PostReply clients, ${SECONDS_RUN}s (+3s warm-up)" >&2
-LOAD_START="$(date -u +%FT%T.%NZ)"
-OURS="$("$BIN/tidings-loadgen" --addr http://127.0.0.1:50551 --concurrency "$CLIENTS" --seconds "$SECONDS_RUN" --warmup-seconds 3)"
+METRICS=http://127.0.0.1:19465/metrics
+"$BIN/tidings-loadgen" --addr http://127.0.0.1:50551 --concurrency "$CLIENTS" --seconds "$SECONDS_RUN" --warmup-seconds 3 > .dev/bench-loadgen.out &
+LOADGEN=$!
+# The lag window matches the latency window: from the end of the warm-up until the relay
+# has published the last row written under load.
+sleep 3
+curl -fsS "$METRICS" > .dev/bench-metrics-before.txt
+wait $LOADGEN
+OURS="$(cat .dev/bench-loadgen.out)"
 RSS_KB="$(awk '/VmHWM/ {print $2}' /proc/$SVC/status)"
-# Let the relay finish, then read the exact publish lag of every row written after the
-# warm-up (the same window the latency percentiles use).
 for _ in $(seq 100); do
-  PENDING="$(PGOPTIONS="-c search_path=$SVC_SCHEMA" psql "$DATABASE_URL" -tAc "SELECT count(*) FROM outbox WHERE published_at IS NULL")"
+  PENDING="$(PGOPTIONS="-c search_path=$SVC_SCHEMA" psql "$DATABASE_URL" -tAc "SELECT count(*) FROM outbox")"
   [ "$PENDING" = 0 ] && break; sleep 0.1
 done
-LAG="$(PGOPTIONS="-c search_path=$SVC_SCHEMA" psql "$DATABASE_URL" -tAF' ' -c "
-  SELECT round((1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)))::numeric, 2),
-         round((1000 * percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM published_at - created_at)))::numeric, 2),
-         count(*)
-  FROM outbox WHERE published_at IS NOT NULL AND created_at >= timestamptz '$LOAD_START' + interval '3 seconds'")"
+curl -fsS "$METRICS" > .dev/bench-metrics-after.txt
+# The relay records every acknowledged row's lag (ack time - insert time) in a histogram
+# with 1 ms buckets up to 20 ms and 5 ms buckets up to 100 ms.
+LAG="$(python3 bench/histogram_quantiles.py tidings_outbox_publish_lag_seconds .dev/bench-metrics-before.txt .dev/bench-metrics-after.txt)"
 kill -TERM $SVC; wait $SVC 2>/dev/null || true
 [ -n "${BENCH_TANSU:-}" ] && kill "$BENCH_TANSU" 2>/dev/null || true
 trap - EXIT

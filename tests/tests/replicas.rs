@@ -1,5 +1,5 @@
 //! Two ticket-service replicas share one database schema and topic. Writes go through both
-//! at once; their relays take turns under the publish lock, so every event reaches the topic
+//! at once; one relay leads (the publish lock) and the other forwards wake-ups, so every event reaches the topic
 //! exactly once, complete and in per-ticket order.
 
 use std::collections::HashMap;

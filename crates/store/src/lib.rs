@@ -161,44 +161,66 @@ impl EventStore {
         Ok(rebuild(id, &self.load(id).await?))
     }
 
-    /// Starts a write to one ticket: takes the ticket's row lock so writers queue instead of
-    /// conflicting, and in the same round trip returns the state snapshot and what an earlier
-    /// call with the same idempotency key produced. Without a snapshot (a new ticket, or a row
-    /// older than snapshots) the state is rebuilt from the events.
+    /// Starts a write to one ticket and, in the same round trip, returns the state snapshot
+    /// and what an earlier call with the same idempotency key produced. Without a snapshot (a
+    /// new ticket, or a row older than snapshots) the state is rebuilt from the events.
+    ///
+    /// `lock = false` is the optimistic path: a plain read, and `append` commits on its own
+    /// (one statement is one transaction); a concurrent writer makes it fail with `Conflict`
+    /// on the events' `(ticket_id, sequence)` key. `lock = true` takes the ticket's row lock
+    /// in a transaction so that writers to a contended ticket queue instead of colliding.
     pub async fn begin(
         &self,
         id: TicketId,
         idem: Option<(&str, &str)>,
+        lock: bool,
     ) -> Result<(TicketWrite, Option<(String, Outcome)>)> {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
+        let mut tx = if lock {
+            Some(self.pool.begin().await?)
+        } else {
+            None
+        };
+        let query = sqlx::query(if lock {
             "SELECT (SELECT snapshot FROM tickets WHERE ticket_id = $1 FOR UPDATE) AS snapshot,
                     k.fingerprint, k.outcome
              FROM (SELECT 1) AS one
-             LEFT JOIN idempotency_keys k ON k.scope = $2 AND k.request_id = $3",
-        )
+             LEFT JOIN idempotency_keys k ON k.scope = $2 AND k.request_id = $3"
+        } else {
+            "SELECT (SELECT snapshot FROM tickets WHERE ticket_id = $1) AS snapshot,
+                    k.fingerprint, k.outcome
+             FROM (SELECT 1) AS one
+             LEFT JOIN idempotency_keys k ON k.scope = $2 AND k.request_id = $3"
+        })
         .bind(id.as_uuid())
         .bind(idem.map(|i| i.0))
-        .bind(idem.map(|i| i.1))
-        .fetch_one(&mut *tx)
-        .await?;
+        .bind(idem.map(|i| i.1));
+        let row = match tx.as_mut() {
+            Some(tx) => query.fetch_one(&mut **tx).await?,
+            None => query.fetch_one(&self.pool).await?,
+        };
+        let write = |state| TicketWrite {
+            pool: self.pool.clone(),
+            tx,
+            id,
+            state,
+        };
         if let Some(fp) = row.get::<Option<String>, _>("fingerprint") {
             let outcome = serde_json::from_value(row.get("outcome")).map_err(corrupt)?;
-            return Ok((
-                TicketWrite {
-                    tx,
-                    id,
-                    state: None,
-                },
-                Some((fp, outcome)),
-            ));
+            return Ok((write(None), Some((fp, outcome))));
         }
-        let state = match row.get::<Option<serde_json::Value>, _>("snapshot") {
+        let snapshot = match row.get::<Option<serde_json::Value>, _>("snapshot") {
             Some(snapshot) => Some(serde_json::from_value(snapshot).map_err(corrupt)?),
-            None => rebuild(id, &load_events(&mut *tx, id).await?),
+            None => None,
         };
-        Ok((TicketWrite { tx, id, state }, None))
+        let mut w = write(snapshot);
+        if w.state.is_none() {
+            w.state = match w.tx.as_mut() {
+                Some(tx) => rebuild(id, &load_events(&mut **tx, id).await?),
+                None => rebuild(id, &load_events(&self.pool, id).await?),
+            };
+        }
+        Ok((w, None))
     }
 
     pub async fn list(
@@ -339,7 +361,9 @@ async fn upsert_summary(tx: &mut Transaction<'static, Postgres>, t: &Ticket) -> 
 
 /// An open write transaction on one ticket.
 pub struct TicketWrite {
-    tx: Transaction<'static, Postgres>,
+    pool: PgPool,
+    /// `None` on the optimistic path: `append` is then its own transaction.
+    tx: Option<Transaction<'static, Postgres>>,
     id: TicketId,
     state: Option<Ticket>,
 }
@@ -350,9 +374,9 @@ impl TicketWrite {
         self.state.clone()
     }
 
-    /// Appends events after `history` with their outbox rows, updates the read model and
-    /// records the idempotency key — one statement, one round trip. A concurrent writer (or a
-    /// concurrent twin of the same request id) surfaces as `Conflict`.
+    /// Appends events after the state read by `begin` with their outbox rows, updates the read
+    /// model and records the idempotency key — one statement, one round trip. A concurrent
+    /// writer (or a concurrent twin of the same request id) surfaces as `Conflict`.
     pub async fn append(
         &mut self,
         events: &[StoredEvent],
@@ -403,28 +427,36 @@ impl TicketWrite {
             ),
             None => (None, None, None, None),
         };
-        sqlx::query(
-            "WITH ev AS (
-                 INSERT INTO events (ticket_id, sequence, event_id, event_type, schema_version, payload,
-                                     actor, occurred_at, traceparent)
-                 SELECT $1, s, i, t, $2, p, a, o, tp
-                 FROM UNNEST($3::bigint[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[],
-                             $8::timestamptz[], $9::text[]) AS u(s, i, t, p, a, o, tp)
-             ), ob AS (
-                 INSERT INTO outbox (event_id, topic, key, value, headers)
-                 SELECT * FROM UNNEST($10::uuid[], $11::text[], $12::bytea[], $13::bytea[], $14::jsonb[])
-             ), rm AS (
+        // The read-model row is written first and every other insert joins on it: its row
+        // lock orders concurrent writers of one ticket (no lock-order inversion with a writer
+        // that locked it at read time), and the version check makes a stale writer insert
+        // nothing and see zero rows, which is the optimistic-concurrency `Conflict`. The
+        // events' (ticket_id, sequence) key stays as the last line of defence.
+        let query = sqlx::query(
+            "WITH rm AS (
                  INSERT INTO tickets (ticket_id, ticket_number, requester, requester_account_id, subject,
                                       status, created_at, last_activity_at, version, snapshot)
                  VALUES ($1, $15, $16, $17, $18, $19, $20, $21, $22, $27)
                  ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status,
                      last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version,
                      snapshot = EXCLUDED.snapshot
+                 WHERE tickets.version = $28
+                 RETURNING 1 AS written
+             ), ev AS (
+                 INSERT INTO events (ticket_id, sequence, event_id, event_type, schema_version, payload,
+                                     actor, occurred_at, traceparent)
+                 SELECT $1, s, i, t, $2, p, a, o, tp
+                 FROM rm, UNNEST($3::bigint[], $4::uuid[], $5::text[], $6::jsonb[], $7::jsonb[],
+                                 $8::timestamptz[], $9::text[]) AS u(s, i, t, p, a, o, tp)
+             ), ob AS (
+                 INSERT INTO outbox (event_id, topic, key, value, headers)
+                 SELECT u.* FROM rm, UNNEST($10::uuid[], $11::text[], $12::bytea[], $13::bytea[],
+                                            $14::jsonb[]) AS u
              ), idem AS (
                  INSERT INTO idempotency_keys (scope, request_id, fingerprint, ticket_id, outcome)
-                 SELECT $23, $24, $25, $1, $26 WHERE $23::text IS NOT NULL
+                 SELECT $23, $24, $25, $1, $26 FROM rm WHERE $23::text IS NOT NULL
              )
-             SELECT 1",
+             SELECT count(*) FROM rm",
         )
         .bind(self.id.as_uuid())
         .bind(TicketEvent::SCHEMA_VERSION)
@@ -453,13 +485,22 @@ impl TicketWrite {
         .bind(fingerprint)
         .bind(outcome)
         .bind(serde_json::to_value(state).map_err(corrupt)?)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(self.state.as_ref().map_or(0, |t| t.version as i64));
+        let written: i64 = match self.tx.as_mut() {
+            Some(tx) => query.fetch_one(&mut **tx).await?,
+            None => query.fetch_one(&self.pool).await?,
+        }
+        .get(0);
+        if written == 0 {
+            return Err(StoreError::Conflict);
+        }
         Ok(())
     }
 
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await?;
+        if let Some(tx) = self.tx {
+            tx.commit().await?;
+        }
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
-//! The write path shared by every mutating RPC: idempotency check, per-ticket lock, decide,
-//! append events + outbox rows + read model + idempotency record in one transaction.
+//! The write path shared by every mutating RPC: idempotency check, decide, append events +
+//! outbox rows + read model + idempotency record in one statement; optimistic first, then
+//! under the ticket's row lock when it is contended.
 
 use std::sync::Arc;
 
@@ -85,7 +86,9 @@ impl Executor {
     pub async fn execute(&self, w: Write<'_>) -> Result<Executed, ApiError> {
         let id = w.id;
         for attempt in 1..=MAX_ATTEMPTS {
-            match self.try_once(&w).await {
+            // The first attempt is optimistic (no transaction, no lock: two round trips);
+            // after losing a race the ticket is contended, so retries queue on its row lock.
+            match self.try_once(&w, attempt > 1).await {
                 Err(ApiError::Store(StoreError::Conflict)) if attempt < MAX_ATTEMPTS => {
                     metrics::counter!("tidings_write_conflicts_total").increment(1);
                     tracing::debug!(ticket_id = %id, attempt, "write conflict, retrying");
@@ -98,7 +101,7 @@ impl Executor {
         Err(ApiError::Contended)
     }
 
-    async fn try_once(&self, w: &Write<'_>) -> Result<Executed, ApiError> {
+    async fn try_once(&self, w: &Write<'_>, lock: bool) -> Result<Executed, ApiError> {
         let Write {
             id,
             actor,
@@ -111,7 +114,11 @@ impl Executor {
         let id = *id;
         let (mut tx, prior) = self
             .store
-            .begin(id, idem.as_ref().map(|i| (i.scope.as_str(), i.request_id)))
+            .begin(
+                id,
+                idem.as_ref().map(|i| (i.scope.as_str(), i.request_id)),
+                lock,
+            )
             .await?;
         if let (Some(idem), Some((fp, outcome))) = (idem, prior) {
             if fp != idem.fingerprint {

@@ -55,6 +55,9 @@ pub async fn connect(url: &str, schema: Option<&str>, max_connections: u32) -> R
     }
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
+        // sqlx pings every connection it hands out by default: a round trip per query. A
+        // connection that died while idle fails its query instead, and the pool drops it.
+        .test_before_acquire(false)
         .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(opts)
         .await?;
@@ -112,14 +115,46 @@ pub struct ListFilter {
     pub statuses: Vec<TicketStatus>,
 }
 
-#[derive(Clone, Debug)]
+/// How `EventStore::begin` obtains the state a command decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// The decision state this process last wrote for the ticket, if it still has it: no
+    /// round trip at all. A stale entry (another replica wrote since) or a reused request id
+    /// fails the append with `Conflict`, and the retry reads afresh.
+    Cached,
+    /// A plain read; `append` then commits on its own (one statement is one transaction).
+    Fresh,
+    /// A transaction holding the ticket's row lock, so writers to a contended ticket queue.
+    Locked,
+}
+
+type StateCache = std::sync::Mutex<lru::LruCache<TicketId, Ticket>>;
+
+#[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
+    /// Decision states (no conversation) of recently written tickets, by ticket.
+    cache: Option<std::sync::Arc<StateCache>>,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore").finish_non_exhaustive()
+    }
 }
 
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, cache: None }
+    }
+
+    /// Keeps the decision state of up to `capacity` recently written tickets in memory, so a
+    /// write to one of them needs one round trip instead of two. The versioned append keeps
+    /// this safe with several replicas: a stale entry only costs a retry.
+    pub fn with_state_cache(mut self, capacity: usize) -> Self {
+        self.cache = std::num::NonZeroUsize::new(capacity)
+            .map(|c| std::sync::Arc::new(std::sync::Mutex::new(lru::LruCache::new(c))));
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -165,16 +200,22 @@ impl EventStore {
     /// and what an earlier call with the same idempotency key produced. Without a snapshot (a
     /// new ticket, or a row older than snapshots) the state is rebuilt from the events.
     ///
-    /// `lock = false` is the optimistic path: a plain read, and `append` commits on its own
-    /// (one statement is one transaction); a concurrent writer makes it fail with `Conflict`
-    /// on the events' `(ticket_id, sequence)` key. `lock = true` takes the ticket's row lock
-    /// in a transaction so that writers to a contended ticket queue instead of colliding.
+    /// A concurrent writer makes `append` fail with `Conflict` (see `ReadMode`).
     pub async fn begin(
         &self,
         id: TicketId,
         idem: Option<(&str, &str)>,
-        lock: bool,
+        mode: ReadMode,
     ) -> Result<(TicketWrite, Option<(String, Outcome)>)> {
+        if mode == ReadMode::Cached
+            && let Some(cache) = &self.cache
+        {
+            let cached = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+            if let Some(state) = cached {
+                return Ok((self.write(id, None, Some(state)), None));
+            }
+        }
+        let lock = mode == ReadMode::Locked;
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
         let mut tx = if lock {
             Some(self.pool.begin().await?)
@@ -199,12 +240,7 @@ impl EventStore {
             Some(tx) => query.fetch_one(&mut **tx).await?,
             None => query.fetch_one(&self.pool).await?,
         };
-        let write = |state| TicketWrite {
-            pool: self.pool.clone(),
-            tx,
-            id,
-            state,
-        };
+        let write = |state| self.write(id, tx, state);
         if let Some(fp) = row.get::<Option<String>, _>("fingerprint") {
             let outcome = serde_json::from_value(row.get("outcome")).map_err(corrupt)?;
             return Ok((write(None), Some((fp, outcome))));
@@ -221,6 +257,22 @@ impl EventStore {
             };
         }
         Ok((w, None))
+    }
+
+    fn write(
+        &self,
+        id: TicketId,
+        tx: Option<Transaction<'static, Postgres>>,
+        state: Option<Ticket>,
+    ) -> TicketWrite {
+        TicketWrite {
+            pool: self.pool.clone(),
+            cache: self.cache.clone(),
+            tx,
+            id,
+            state,
+            written: None,
+        }
     }
 
     pub async fn list(
@@ -362,6 +414,9 @@ async fn upsert_summary(tx: &mut Transaction<'static, Postgres>, t: &Ticket) -> 
 /// An open write transaction on one ticket.
 pub struct TicketWrite {
     pool: PgPool,
+    cache: Option<std::sync::Arc<StateCache>>,
+    /// The state after `append`, for the cache once committed.
+    written: Option<Ticket>,
     /// `None` on the optimistic path: `append` is then its own transaction.
     tx: Option<Transaction<'static, Postgres>>,
     id: TicketId,
@@ -486,22 +541,52 @@ impl TicketWrite {
         .bind(outcome)
         .bind(serde_json::to_value(state).map_err(corrupt)?)
         .bind(self.state.as_ref().map_or(0, |t| t.version as i64));
-        let written: i64 = match self.tx.as_mut() {
-            Some(tx) => query.fetch_one(&mut **tx).await?,
-            None => query.fetch_one(&self.pool).await?,
-        }
-        .get(0);
+        let result = match self.tx.as_mut() {
+            Some(tx) => query.fetch_one(&mut **tx).await,
+            None => query.fetch_one(&self.pool).await,
+        };
+        let written: i64 = match result {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                self.forget();
+                return Err(e.into());
+            }
+        };
         if written == 0 {
+            self.forget();
             return Err(StoreError::Conflict);
+        }
+        // The cache holds decision state only; the conversation is read from the events.
+        self.written = Some(Ticket {
+            messages: Vec::new(),
+            ..state.clone()
+        });
+        Ok(())
+    }
+
+    pub async fn commit(mut self) -> Result<()> {
+        if let Some(tx) = self.tx.take() {
+            if let Err(e) = tx.commit().await {
+                self.forget();
+                return Err(e.into());
+            }
+        }
+        if let (Some(cache), Some(state)) = (&self.cache, self.written.take()) {
+            cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(self.id, state);
         }
         Ok(())
     }
 
-    pub async fn commit(self) -> Result<()> {
-        if let Some(tx) = self.tx {
-            tx.commit().await?;
+    fn forget(&self) {
+        if let Some(cache) = &self.cache {
+            cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop(&self.id);
         }
-        Ok(())
     }
 }
 

@@ -44,7 +44,7 @@ impl Application {
         tidings_store::migrate(&pool, config.db_schema.as_deref())
             .await
             .context("applying migrations")?;
-        let store = EventStore::new(pool.clone());
+        let store = EventStore::new(pool.clone()).with_state_cache(config.state_cache_capacity);
 
         let topics = vec![
             (

@@ -12,7 +12,7 @@ use tidings_domain::{
     Actor, Command, Context, DomainError, Requester, Ticket, TicketEvent, TicketId, apply, decide,
 };
 use tidings_kafka::CloudEvent;
-use tidings_store::{EventStore, OutboxMessage, Outcome, StoreError, StoredEvent};
+use tidings_store::{EventStore, OutboxMessage, Outcome, ReadMode, StoreError, StoredEvent};
 use tidings_telemetry::trace_context::TraceParent;
 use uuid::Uuid;
 
@@ -85,23 +85,31 @@ impl Executor {
     /// Runs a write, retrying against fresh state when a concurrent writer won.
     pub async fn execute(&self, w: Write<'_>) -> Result<Executed, ApiError> {
         let id = w.id;
+        // The first attempt is optimistic: on the cached decision state (one round trip) or a
+        // plain read (two). The cached path never sees an earlier call's idempotency record,
+        // so a refusal decided on it (e.g. resolving a ticket that a first, successful try of
+        // this very request already resolved) is checked again on a fresh read. After losing
+        // a race — which is also how a reused request id shows on the cached path — retries
+        // queue on the ticket's row lock.
+        let mut mode = ReadMode::Cached;
         for attempt in 1..=MAX_ATTEMPTS {
-            // The first attempt is optimistic (no transaction, no lock: two round trips);
-            // after losing a race the ticket is contended, so retries queue on its row lock.
-            match self.try_once(&w, attempt > 1).await {
+            match self.try_once(&w, mode).await {
                 Err(ApiError::Store(StoreError::Conflict)) if attempt < MAX_ATTEMPTS => {
                     metrics::counter!("tidings_write_conflicts_total").increment(1);
                     tracing::debug!(ticket_id = %id, attempt, "write conflict, retrying");
-                    continue;
+                    mode = ReadMode::Locked;
                 }
                 Err(ApiError::Store(StoreError::Conflict)) => return Err(ApiError::Contended),
+                Err(ApiError::Domain(_) | ApiError::NotFound) if mode == ReadMode::Cached => {
+                    mode = ReadMode::Fresh;
+                }
                 other => return other,
             }
         }
         Err(ApiError::Contended)
     }
 
-    async fn try_once(&self, w: &Write<'_>, lock: bool) -> Result<Executed, ApiError> {
+    async fn try_once(&self, w: &Write<'_>, mode: ReadMode) -> Result<Executed, ApiError> {
         let Write {
             id,
             actor,
@@ -117,7 +125,7 @@ impl Executor {
             .begin(
                 id,
                 idem.as_ref().map(|i| (i.scope.as_str(), i.request_id)),
-                lock,
+                mode,
             )
             .await?;
         if let (Some(idem), Some((fp, outcome))) = (idem, prior) {

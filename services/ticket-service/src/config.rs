@@ -19,6 +19,8 @@ pub struct Config {
     pub database_url: String,
     pub db_schema: Option<String>,
     pub db_max_connections: u32,
+    /// Decision states kept in memory for one-round-trip writes (0 disables).
+    pub state_cache_capacity: usize,
     pub kafka: KafkaSettings,
     pub topics: Topics,
     pub outbox: OutboxSettings,
@@ -111,6 +113,7 @@ impl Config {
             ));
         }
         let db_max_connections = env.parse("TIDINGS_DB_MAX_CONNECTIONS", 16u32);
+        let state_cache_capacity = env.parse("TIDINGS_STATE_CACHE_CAPACITY", 10_000usize);
         let brokers = env.required("KAFKA_BROKERS");
         let extra = match env
             .raw("TIDINGS_KAFKA_PROPERTIES")
@@ -238,6 +241,7 @@ impl Config {
             database_url,
             db_schema,
             db_max_connections,
+            state_cache_capacity,
             kafka: KafkaSettings { brokers, extra },
             topics,
             outbox,

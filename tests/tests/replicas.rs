@@ -74,3 +74,91 @@ async fn two_replicas_publish_every_event_exactly_once_in_ticket_order() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_replica_with_a_stale_view_decides_again_on_the_stored_state() {
+    // Replica `a` remembers the ticket as open after its own write; replica `b` resolves it.
+    // `a`'s next command is decided on the stored state, not on what it remembered.
+    let a = spawn_app().await;
+    let b = spawn_app_with(SpawnOptions {
+        schema: Some(a.schema.clone()),
+        topic: Some(a.topic.clone()),
+        ..Default::default()
+    })
+    .await;
+    let giulia = agent("giulia");
+    let id = open_as(&a, &customer("ann"), "Locked out").await.ticket_id;
+    a.tickets()
+        .await
+        .post_reply(authed(
+            &giulia,
+            PostReplyRequest {
+                request_id: rid(),
+                ticket_id: id.clone(),
+                body: "Looking".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    b.tickets()
+        .await
+        .resolve_ticket(authed(
+            &giulia,
+            ResolveTicketRequest {
+                request_id: rid(),
+                ticket_id: id.clone(),
+                note: "Unlocked".into(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let err = a
+        .tickets()
+        .await
+        .request_info(authed(
+            &giulia,
+            RequestInfoRequest {
+                request_id: rid(),
+                ticket_id: id.clone(),
+                body: "Which device?".into(),
+            },
+        ))
+        .await
+        .expect_err("request info on a resolved ticket is refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+
+    // A reply through `a` lands after `b`'s event with the next sequence and reopens.
+    let reply = a
+        .tickets()
+        .await
+        .post_reply(authed(
+            &giulia,
+            PostReplyRequest {
+                request_id: rid(),
+                ticket_id: id.clone(),
+                body: "One more thing".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE ticket_id = $1::uuid ORDER BY sequence",
+    )
+    .bind(&id)
+    .fetch_all(&a.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        types,
+        [
+            "TicketOpened",
+            "ReplyAdded",
+            "Resolved",
+            "Reopened",
+            "ReplyAdded"
+        ]
+    );
+    assert_eq!(reply.sequence, 5);
+}

@@ -554,3 +554,36 @@ async fn the_read_model_rebuilt_from_events_matches_the_live_one() {
         .unwrap();
     assert_eq!(before, after);
 }
+
+#[tokio::test]
+async fn a_retried_resolve_gets_the_first_answer_not_a_refusal() {
+    // The retry's state (cached after the first call) says "already resolved"; the stored
+    // answer of the first call must win over deciding again.
+    let app = spawn_app().await;
+    let id = open_as(&app, &customer("ann"), "Card declined")
+        .await
+        .ticket_id;
+    let giulia = agent("giulia");
+    let mut c = app.tickets().await;
+    let req = ResolveTicketRequest {
+        request_id: "resolve-once".into(),
+        ticket_id: id.clone(),
+        note: "Refunded".into(),
+    };
+    let first = c
+        .resolve_ticket(authed(&giulia, req.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .resolve_ticket(authed(&giulia, req))
+        .await
+        .expect("a retry of a successful resolve succeeds")
+        .into_inner();
+    assert_eq!(first, second);
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE event_type = 'Resolved'")
+            .await,
+        1
+    );
+}

@@ -210,7 +210,11 @@ impl EventStore {
         if mode == ReadMode::Cached
             && let Some(cache) = &self.cache
         {
-            let cached = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+            let cached = cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .cloned();
             if let Some(state) = cached {
                 return Ok((self.write(id, None, Some(state)), None));
             }
@@ -468,11 +472,6 @@ impl TicketWrite {
             o_values.push(m.value.clone());
             o_headers.push(serde_json::to_value(&m.headers).map_err(corrupt)?);
         }
-        let account = match &state.requester {
-            Requester::Customer { account_id, .. } => Some(account_id.to_string()),
-            Requester::Guest { .. } => None,
-        };
-        let requester = serde_json::to_value(&state.requester).map_err(corrupt)?;
         let (scope, request_id, fingerprint, outcome) = match idem {
             Some((s, r, f, o)) => (
                 Some(s),
@@ -487,17 +486,21 @@ impl TicketWrite {
         // that locked it at read time), and the version check makes a stale writer insert
         // nothing and see zero rows, which is the optimistic-concurrency `Conflict`. The
         // events' (ticket_id, sequence) key stays as the last line of defence.
-        let query = sqlx::query(
-            "WITH rm AS (
-                 INSERT INTO tickets (ticket_id, ticket_number, requester, requester_account_id, subject,
-                                      status, created_at, last_activity_at, version, snapshot)
-                 VALUES ($1, $15, $16, $17, $18, $19, $20, $21, $22, $27)
-                 ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status,
-                     last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version,
-                     snapshot = EXCLUDED.snapshot
-                 WHERE tickets.version = $28
-                 RETURNING 1 AS written
-             ), ev AS (
+        // An existing ticket's row is updated (only the columns a command changes); a new
+        // one is inserted, and a twin insert is a unique violation, i.e. `Conflict` too.
+        let creating = self.state.is_none();
+        let rm = if creating {
+            "INSERT INTO tickets (ticket_id, status, last_activity_at, version, snapshot,
+                                  ticket_number, requester, requester_account_id, subject, created_at)
+             VALUES ($1, $19, $20, $21, $22, $24, $25, $26, $27, $28)
+             RETURNING 1 AS written"
+        } else {
+            "UPDATE tickets SET status = $19, last_activity_at = $20, version = $21, snapshot = $22
+             WHERE ticket_id = $1 AND version = $23
+             RETURNING 1 AS written"
+        };
+        let sql = format!(
+            "WITH rm AS ({rm}), ev AS (
                  INSERT INTO events (ticket_id, sequence, event_id, event_type, schema_version, payload,
                                      actor, occurred_at, traceparent)
                  SELECT $1, s, i, t, $2, p, a, o, tp
@@ -509,38 +512,47 @@ impl TicketWrite {
                                             $14::jsonb[]) AS u
              ), idem AS (
                  INSERT INTO idempotency_keys (scope, request_id, fingerprint, ticket_id, outcome)
-                 SELECT $23, $24, $25, $1, $26 FROM rm WHERE $23::text IS NOT NULL
+                 SELECT $15, $16, $17, $1, $18 FROM rm WHERE $15::text IS NOT NULL
              )
-             SELECT count(*) FROM rm",
-        )
-        .bind(self.id.as_uuid())
-        .bind(TicketEvent::SCHEMA_VERSION)
-        .bind(&seq)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&payloads)
-        .bind(&actors)
-        .bind(&times)
-        .bind(&traces)
-        .bind(&o_ids)
-        .bind(&o_topics)
-        .bind(&o_keys)
-        .bind(&o_values)
-        .bind(&o_headers)
-        .bind(state.number.get())
-        .bind(requester)
-        .bind(account)
-        .bind(state.subject.as_str())
-        .bind(state.status.as_str())
-        .bind(state.created_at)
-        .bind(state.last_activity_at)
-        .bind(state.version as i64)
-        .bind(scope)
-        .bind(request_id)
-        .bind(fingerprint)
-        .bind(outcome)
-        .bind(serde_json::to_value(state).map_err(corrupt)?)
-        .bind(self.state.as_ref().map_or(0, |t| t.version as i64));
+             SELECT count(*) FROM rm"
+        );
+        // Two fixed texts (one per `creating`), so sqlx's statement cache holds both.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(self.id.as_uuid())
+            .bind(TicketEvent::SCHEMA_VERSION)
+            .bind(&seq)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&payloads)
+            .bind(&actors)
+            .bind(&times)
+            .bind(&traces)
+            .bind(&o_ids)
+            .bind(&o_topics)
+            .bind(&o_keys)
+            .bind(&o_values)
+            .bind(&o_headers)
+            .bind(scope)
+            .bind(request_id)
+            .bind(fingerprint)
+            .bind(outcome)
+            .bind(state.status.as_str())
+            .bind(state.last_activity_at)
+            .bind(state.version as i64)
+            .bind(serde_json::to_value(state).map_err(corrupt)?)
+            .bind(self.state.as_ref().map_or(0, |t| t.version as i64));
+        if creating {
+            let account = match &state.requester {
+                Requester::Customer { account_id, .. } => Some(account_id.to_string()),
+                Requester::Guest { .. } => None,
+            };
+            query = query
+                .bind(state.number.get())
+                .bind(serde_json::to_value(&state.requester).map_err(corrupt)?)
+                .bind(account)
+                .bind(state.subject.as_str())
+                .bind(state.created_at);
+        }
         let result = match self.tx.as_mut() {
             Some(tx) => query.fetch_one(&mut **tx).await,
             None => query.fetch_one(&self.pool).await,

@@ -577,11 +577,11 @@ impl TicketWrite {
     }
 
     pub async fn commit(mut self) -> Result<()> {
-        if let Some(tx) = self.tx.take() {
-            if let Err(e) = tx.commit().await {
-                self.forget();
-                return Err(e.into());
-            }
+        if let Some(tx) = self.tx.take()
+            && let Err(e) = tx.commit().await
+        {
+            self.forget();
+            return Err(e.into());
         }
         if let (Some(cache), Some(state)) = (&self.cache, self.written.take()) {
             cache

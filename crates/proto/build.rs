@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 root.join("tidings/ticket/v1/ticket.proto"),
                 root.join("tidings/events/v1/ticket_event.proto"),
+                root.join("tidings/events/v1/notification_event.proto"),
             ],
             &[root],
         )?;

@@ -4,6 +4,7 @@
 
 mod ticket;
 mod types;
+mod update;
 
 pub use ticket::{
     AccessCodeOutcome, Command, Context, DomainError, EventKind, Message, MessageKind, PendingCode,
@@ -13,6 +14,7 @@ pub use types::{
     AccountId, Actor, Body, DisplayName, Email, Locale, ParseError, RequestId, Requester, Subject,
     TicketId, TicketNumber, TicketStatus,
 };
+pub use update::{ActorKind, Change, TicketUpdate};
 
 /// Limits that callers see in error messages; one place so docs and checks agree.
 pub mod limits {

@@ -19,6 +19,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tidi
 
 mod convert;
 mod status;
+mod update;
 
 pub use convert::*;
 pub use status::*;
+pub use update::*;

@@ -310,9 +310,11 @@ pub fn generate_code() -> String {
     format!("{:06}", rand::thread_rng().gen_range(0..1_000_000u32))
 }
 
-/// Seals access codes for the email dispatcher. Same key on both sides.
+/// Seals access codes for the email dispatcher. Same keys on both sides: a comma-separated
+/// list of base64 keys, the first seals and every one opens, so a new key can be rolled out
+/// to the dispatcher (second in its list) before the ticket service seals with it.
 pub struct CodeSealer {
-    cipher: ChaCha20Poly1305,
+    ciphers: Vec<ChaCha20Poly1305>,
 }
 
 impl std::fmt::Debug for CodeSealer {
@@ -326,20 +328,24 @@ impl std::fmt::Debug for CodeSealer {
 pub struct OpenError;
 
 impl CodeSealer {
-    pub fn parse(key_b64: &SecretString) -> Result<Self, KeyError> {
-        let bytes = decode_b64(key_b64.expose_secret()).ok_or(KeyError::SealKey)?;
-        if bytes.len() != 32 {
-            return Err(KeyError::SealKey);
-        }
-        Ok(Self {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
-        })
+    pub fn parse(keys_b64: &SecretString) -> Result<Self, KeyError> {
+        let ciphers = keys_b64
+            .expose_secret()
+            .split(',')
+            .map(|k| {
+                let bytes = decode_b64(k.trim()).ok_or(KeyError::SealKey)?;
+                if bytes.len() != 32 {
+                    return Err(KeyError::SealKey);
+                }
+                Ok(ChaCha20Poly1305::new(Key::from_slice(&bytes)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { ciphers })
     }
 
     pub fn seal(&self, ticket: TicketId, code: &str) -> String {
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let ct = self
-            .cipher
+        let ct = self.ciphers[0]
             .encrypt(
                 &nonce,
                 Payload {
@@ -360,15 +366,19 @@ impl CodeSealer {
         }
         let (nonce, ct) = raw.split_at(12);
         let pt = self
-            .cipher
-            .decrypt(
-                nonce.into(),
-                Payload {
-                    msg: ct,
-                    aad: ticket.as_uuid().as_bytes(),
-                },
-            )
-            .map_err(|_| OpenError)?;
+            .ciphers
+            .iter()
+            .find_map(|c| {
+                c.decrypt(
+                    nonce.into(),
+                    Payload {
+                        msg: ct,
+                        aad: ticket.as_uuid().as_bytes(),
+                    },
+                )
+                .ok()
+            })
+            .ok_or(OpenError)?;
         String::from_utf8(pt).map_err(|_| OpenError)
     }
 }
@@ -483,6 +493,18 @@ mod tests {
         assert!(!sealed.contains("123456"));
         assert_eq!(s.open(t, &sealed).unwrap(), "123456");
         assert_eq!(s.open(TicketId::new(), &sealed), Err(OpenError));
+    }
+
+    #[test]
+    fn a_sealer_with_the_next_key_first_still_opens_codes_sealed_with_the_old_one() {
+        let old = "MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=";
+        let new = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXphYmNkZWY=";
+        let before = CodeSealer::parse(&SecretString::from(old.to_owned())).unwrap();
+        let during = CodeSealer::parse(&SecretString::from(format!("{new},{old}"))).unwrap();
+        let t = TicketId::new();
+        assert_eq!(during.open(t, &before.seal(t, "424242")).unwrap(), "424242");
+        assert_eq!(before.open(t, &during.seal(t, "424242")), Err(OpenError));
+        assert!(CodeSealer::parse(&SecretString::from(format!("{new},short"))).is_err());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Kafka for Tidings: producer and admin settings, idempotent topic creation, the
-//! CloudEvents binary-binding headers, and the transactional-outbox relay.
+//! CloudEvents binary-binding headers, the transactional-outbox relay, and the dispatchers'
+//! at-least-once consumer loop.
 
+mod consumer;
 mod relay;
 
+pub use consumer::{ConsumerConfig, Delivery, Handler, Unhandled, run_consumer};
 pub use relay::{OutboxRelay, RelayConfig};
 
 use std::time::Duration;

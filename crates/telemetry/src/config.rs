@@ -89,6 +89,59 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
+    /// A listen address, or `None` when set to `off`.
+    pub fn optional_addr(&mut self, key: &str, default: &str) -> Option<std::net::SocketAddr> {
+        let raw = self.string(key, default);
+        if raw == "off" {
+            return None;
+        }
+        raw.parse()
+            .map_err(|e| self.errors.push(format!("{key}={raw:?}: {e}")))
+            .ok()
+    }
+
+    /// A Postgres schema name (letters, digits and `_`, so it is safe to quote).
+    pub fn schema(&mut self, key: &str) -> Option<String> {
+        let s = self.raw(key)?;
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            self.errors
+                .push(format!("{key}={s:?}: use letters, digits and _"));
+        }
+        Some(s)
+    }
+
+    /// `key=value;key=value` — semicolons, because librdkafka values may contain commas.
+    pub fn kv_list(&mut self, key: &str) -> Vec<(String, String)> {
+        let Some(raw) = self.raw(key) else {
+            return vec![];
+        };
+        raw.split(';')
+            .filter(|p| !p.trim().is_empty())
+            .filter_map(|p| match p.split_once('=') {
+                Some((k, v)) => Some((k.trim().to_owned(), v.trim().to_owned())),
+                None => {
+                    self.errors
+                        .push(format!("{key}: {p:?} is not key=value"));
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// `TIDINGS_LOG_FORMAT`: `text` (default) or `json`; true for JSON.
+    pub fn log_json(&mut self) -> bool {
+        match self.string("TIDINGS_LOG_FORMAT", "text").as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                self.errors.push(format!(
+                    "TIDINGS_LOG_FORMAT={other:?}: expected text or json"
+                ));
+                false
+            }
+        }
+    }
+
     pub fn finish(self) -> Result<(), ConfigError> {
         if self.errors.is_empty() {
             Ok(())

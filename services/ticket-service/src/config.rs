@@ -69,18 +69,6 @@ impl std::fmt::Debug for GuestSettings {
     }
 }
 
-/// `key=value;key=value` — semicolons, because librdkafka values may contain commas.
-fn parse_kv_list(raw: &str) -> Result<Vec<(String, String)>, String> {
-    raw.split(';')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            p.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| format!("{p:?} is not key=value"))
-        })
-        .collect()
-}
-
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::load(Env::from_process())
@@ -91,41 +79,13 @@ impl Config {
             "TIDINGS_GRPC_ADDR",
             SocketAddr::from(([127, 0, 0, 1], 50051)),
         );
-        let admin_raw = env.string("TIDINGS_ADMIN_ADDR", "127.0.0.1:9464");
-        let admin_addr = if admin_raw == "off" {
-            None
-        } else {
-            match admin_raw.parse() {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    env.error(format!("TIDINGS_ADMIN_ADDR={admin_raw:?}: {e}"));
-                    None
-                }
-            }
-        };
+        let admin_addr = env.optional_addr("TIDINGS_ADMIN_ADDR", "127.0.0.1:9464");
         let database_url = env.required("DATABASE_URL");
-        let db_schema = env.raw("TIDINGS_DB_SCHEMA");
-        if let Some(s) = &db_schema
-            && !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            env.error(format!(
-                "TIDINGS_DB_SCHEMA={s:?}: use letters, digits and _"
-            ));
-        }
+        let db_schema = env.schema("TIDINGS_DB_SCHEMA");
         let db_max_connections = env.parse("TIDINGS_DB_MAX_CONNECTIONS", 16u32);
         let state_cache_capacity = env.parse("TIDINGS_STATE_CACHE_CAPACITY", 10_000usize);
         let brokers = env.required("KAFKA_BROKERS");
-        let extra = match env
-            .raw("TIDINGS_KAFKA_PROPERTIES")
-            .map(|r| parse_kv_list(&r))
-        {
-            None => vec![],
-            Some(Ok(v)) => v,
-            Some(Err(e)) => {
-                env.error(format!("TIDINGS_KAFKA_PROPERTIES: {e}"));
-                vec![]
-            }
-        };
+        let extra = env.kv_list("TIDINGS_KAFKA_PROPERTIES");
         let topics = Topics {
             ticket_events: env.string("TIDINGS_TICKET_EVENTS_TOPIC", "tidings.ticket-events.v1"),
             access_codes: env.string(
@@ -220,16 +180,7 @@ impl Config {
         let code_ttl = chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_TTL_SECS", 600i64));
         let code_min_interval =
             chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_MIN_INTERVAL_SECS", 60i64));
-        let log_json = match env.string("TIDINGS_LOG_FORMAT", "text").as_str() {
-            "text" => false,
-            "json" => true,
-            other => {
-                env.error(format!(
-                    "TIDINGS_LOG_FORMAT={other:?}: expected text or json"
-                ));
-                false
-            }
-        };
+        let log_json = env.log_json();
         let otlp_endpoint = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
         let shutdown_grace = Duration::from_secs(env.parse("TIDINGS_SHUTDOWN_GRACE_SECS", 10u64));
         let ce_source = env.string("TIDINGS_CE_SOURCE", "/tidings/ticket-service");

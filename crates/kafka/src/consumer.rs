@@ -1,0 +1,440 @@
+//! The dispatchers' consumer loop: at-least-once, in order per key, concurrent across keys.
+//!
+//! One task polls the consumer group; each record goes to a *lane* chosen by its key (the
+//! ticket id), so one ticket's records are handled one after another while other tickets'
+//! records proceed in other lanes — a ticket whose handler is retrying does not hold up the
+//! partition for everybody else. Offsets are stored only up to the oldest record of a
+//! partition that is not yet handled (a watermark), and librdkafka commits what is stored, so
+//! nothing is committed before it was handled. A record the handler refuses goes to the
+//! dead-letter topic with the reason in headers; the loop never stops for one bad record.
+//!
+//! Shutdown: stop polling, let every lane finish the record it is on (handlers stop retrying),
+//! store and synchronously commit what was handled, leave the group. Records that were queued
+//! but not handled are delivered again to whoever owns the partition next.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::KafkaSettings;
+
+/// One record, detached from the consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Delivery {
+    /// A header's value as UTF-8 (CloudEvents attributes, `traceparent`).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Why a record was not handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhandled {
+    /// It can never be handled (undecodable, permanently rejected, retries exhausted): it
+    /// goes to the dead-letter topic with this reason, and the loop moves on.
+    DeadLetter(String),
+    /// Shutdown interrupted the handler; the record is not committed and comes back later.
+    Interrupted,
+}
+
+/// What a dispatcher does with one record. Called once per record, in order per key; may be
+/// called again for the same record after a crash or rebalance (at-least-once).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: &Delivery) -> impl Future<Output = Result<(), Unhandled>> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// For logs and metrics, e.g. `ticket-events`.
+    pub name: &'static str,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Concurrent handlers; records with the same key always share one.
+    pub lanes: usize,
+    /// Records polled but not yet handled; polling pauses at this bound.
+    pub max_in_flight: usize,
+    pub dead_letter_topic: String,
+    /// How often librdkafka commits the stored offsets.
+    pub commit_interval: Duration,
+}
+
+/// Per-partition progress: which polled offsets are still being handled.
+#[derive(Default)]
+struct Progress {
+    in_flight: BTreeSet<i64>,
+    /// One past the highest offset handed to a lane.
+    next: i64,
+}
+
+impl Progress {
+    /// The offset to commit: everything before it has been handled.
+    fn watermark(&self) -> i64 {
+        self.in_flight.first().copied().unwrap_or(self.next)
+    }
+}
+
+#[derive(Default)]
+struct Tracker {
+    partitions: HashMap<(String, i32), Progress>,
+}
+
+impl Tracker {
+    fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+        let p = self
+            .partitions
+            .entry((topic.to_owned(), partition))
+            .or_default();
+        p.in_flight.insert(offset);
+        p.next = p.next.max(offset + 1);
+    }
+
+    /// Marks a record handled; returns the new watermark if it moved.
+    fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&(topic.to_owned(), partition))?;
+        let before = p.watermark();
+        if !p.in_flight.remove(&offset) {
+            return None;
+        }
+        let after = p.watermark();
+        (after != before).then_some(after)
+    }
+
+    fn watermarks(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), p) in &self.partitions {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(p.watermark()));
+        }
+        tpl
+    }
+}
+
+/// Commits what was handled of partitions that are being taken away, and forgets them, so a
+/// rebalance hands the next owner an exact starting point.
+struct TrackingContext {
+    tracker: Arc<Mutex<Tracker>>,
+    name: &'static str,
+}
+
+impl ClientContext for TrackingContext {}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(revoked) => {
+                let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                let mut tpl = TopicPartitionList::new();
+                for e in revoked.elements() {
+                    if let Some(p) = tracker
+                        .partitions
+                        .remove(&(e.topic().to_owned(), e.partition()))
+                    {
+                        let _ =
+                            tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(p.watermark()));
+                    }
+                }
+                if tpl.count() > 0
+                    && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+                {
+                    tracing::warn!(consumer = self.name, error = %e, "commit on revoke failed");
+                }
+                tracing::info!(consumer = self.name, partitions = revoked.count(), "partitions revoked");
+            }
+            Rebalance::Assign(assigned) => {
+                tracing::info!(consumer = self.name, partitions = assigned.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(consumer = self.name, error = %e, "rebalance error"),
+        }
+    }
+}
+
+type Lane = mpsc::UnboundedSender<(Delivery, tokio::sync::OwnedSemaphorePermit)>;
+
+/// Runs the loop until `shutdown`; returns when the group has been left.
+pub async fn run_consumer<H: Handler>(
+    settings: &KafkaSettings,
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), KafkaError> {
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let consumer: Arc<StreamConsumer<TrackingContext>> = Arc::new(
+        settings
+            .client_config()
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "true")
+            // Only offsets we store (handled records) are ever committed.
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.commit.interval.ms",
+                config.commit_interval.as_millis().to_string(),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100")
+            .create_with_context(TrackingContext {
+                tracker: tracker.clone(),
+                name: config.name,
+            })?,
+    );
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let dead_letters = DeadLetters {
+        producer: settings.producer(Duration::from_secs(10))?,
+        topic: config.dead_letter_topic.clone(),
+        group: config.group_id.clone(),
+    };
+    let dead_letters = Arc::new(dead_letters);
+
+    let budget = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let mut lanes: Vec<Lane> = Vec::with_capacity(config.lanes.max(1));
+    let mut workers = Vec::with_capacity(config.lanes.max(1));
+    for _ in 0..config.lanes.max(1) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lanes.push(tx);
+        workers.push(tokio::spawn(lane(
+            rx,
+            handler.clone(),
+            dead_letters.clone(),
+            tracker.clone(),
+            consumer.clone(),
+            shutdown.clone(),
+            config.name,
+        )));
+    }
+    tracing::info!(consumer = config.name, group = %config.group_id, topics = ?config.topics, "consuming");
+
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = budget.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                // Transport errors are retried inside librdkafka; keep polling.
+                tracing::warn!(consumer = config.name, error = %e, "consume error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let delivery = Delivery {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        drop(message);
+        tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .begin(&delivery.topic, delivery.partition, delivery.offset);
+        let lane = lane_for(&delivery, lanes.len());
+        let _ = lanes[lane].send((delivery, permit));
+    }
+
+    // Lanes finish the record they are on and drop the rest (not handled, not committed).
+    drop(lanes);
+    for w in workers {
+        let _ = w.await;
+    }
+    let handled = tracker
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .watermarks();
+    if handled.count() > 0 {
+        let _ = consumer.store_offsets(&handled);
+        match consumer.commit(&handled, CommitMode::Sync) {
+            Ok(()) => tracing::info!(consumer = config.name, "offsets committed at shutdown"),
+            Err(e) => tracing::warn!(consumer = config.name, error = %e, "final commit failed"),
+        }
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+fn lane_for(d: &Delivery, lanes: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match &d.key {
+        Some(k) => k.hash(&mut h),
+        // Keyless records keep at least their partition's order.
+        None => (&d.topic, d.partition).hash(&mut h),
+    }
+    (h.finish() % lanes as u64) as usize
+}
+
+async fn lane<H: Handler>(
+    mut rx: mpsc::UnboundedReceiver<(Delivery, tokio::sync::OwnedSemaphorePermit)>,
+    handler: Arc<H>,
+    dead_letters: Arc<DeadLetters>,
+    tracker: Arc<Mutex<Tracker>>,
+    consumer: Arc<StreamConsumer<TrackingContext>>,
+    shutdown: CancellationToken,
+    name: &'static str,
+) {
+    while let Some((d, permit)) = rx.recv().await {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let outcome = match handler.handle(&d).await {
+            Ok(()) => Ok(()),
+            Err(Unhandled::DeadLetter(reason)) => {
+                metrics::counter!("tidings_dead_letters_total", "consumer" => name).increment(1);
+                tracing::warn!(consumer = name, topic = %d.topic, partition = d.partition, offset = d.offset, %reason, "dead-lettered");
+                dead_letters.publish(&d, &reason, &shutdown).await
+            }
+            Err(Unhandled::Interrupted) => Err(()),
+        };
+        if outcome.is_err() {
+            break;
+        }
+        metrics::counter!("tidings_consumed_total", "consumer" => name).increment(1);
+        let moved = tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .complete(&d.topic, d.partition, d.offset);
+        if let Some(watermark) = moved {
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition_offset(&d.topic, d.partition, Offset::Offset(watermark));
+            // Fails only for a partition revoked meanwhile; its next owner starts from the
+            // offset committed at revocation and the handler's dedupe absorbs the overlap.
+            let _ = consumer.store_offsets(&tpl);
+        }
+        drop(permit);
+    }
+}
+
+struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    group: String,
+}
+
+impl DeadLetters {
+    /// Publishes until the broker acknowledges (a dead letter must not be lost), or until
+    /// shutdown, in which case the record stays uncommitted and comes back.
+    async fn publish(
+        &self,
+        d: &Delivery,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ()> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(d.headers.len() + 5);
+            for (k, v) in &d.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                });
+            }
+            let partition = d.partition.to_string();
+            let offset = d.offset.to_string();
+            for (k, v) in [
+                ("tidings_dlq_reason", reason),
+                ("tidings_dlq_topic", d.topic.as_str()),
+                ("tidings_dlq_partition", partition.as_str()),
+                ("tidings_dlq_offset", offset.as_str()),
+                ("tidings_dlq_group", self.group.as_str()),
+            ] {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
+            if let Some(k) = &d.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &d.payload {
+                record = record.payload(p.as_slice());
+            }
+            match self
+                .producer
+                .send(record, rdkafka::util::Timeout::After(Duration::from_secs(10)))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, topic = %self.topic, "dead-letter publish failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_waits_for_the_oldest_unhandled_record() {
+        let mut t = Tracker::default();
+        for o in 10..13 {
+            t.begin("t", 0, o);
+        }
+        // 11 and 12 finish first: nothing before 10 is known handled, so nothing moves.
+        assert_eq!(t.complete("t", 0, 11), None);
+        assert_eq!(t.complete("t", 0, 12), None);
+        // 10 finishes: everything up to 12 is handled, commit from 13.
+        assert_eq!(t.complete("t", 0, 10), Some(13));
+        // A record of a partition that was revoked meanwhile is ignored.
+        assert_eq!(t.complete("t", 1, 5), None);
+    }
+
+    #[test]
+    fn records_with_one_key_always_share_a_lane() {
+        let d = |key: &str, partition| Delivery {
+            topic: "t".into(),
+            partition,
+            offset: 0,
+            key: Some(key.as_bytes().to_vec()),
+            payload: None,
+            headers: vec![],
+        };
+        assert_eq!(lane_for(&d("ticket-1", 0), 16), lane_for(&d("ticket-1", 0), 16));
+        let spread: std::collections::HashSet<usize> =
+            (0..100).map(|i| lane_for(&d(&format!("ticket-{i}"), 0), 16)).collect();
+        assert!(spread.len() > 8, "keys spread over lanes: {spread:?}");
+    }
+}

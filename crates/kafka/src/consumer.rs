@@ -152,8 +152,11 @@ impl ConsumerContext for TrackingContext {
                         .partitions
                         .remove(&(e.topic().to_owned(), e.partition()))
                     {
-                        let _ =
-                            tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(p.watermark()));
+                        let _ = tpl.add_partition_offset(
+                            e.topic(),
+                            e.partition(),
+                            Offset::Offset(p.watermark()),
+                        );
                     }
                 }
                 if tpl.count() > 0
@@ -161,12 +164,22 @@ impl ConsumerContext for TrackingContext {
                 {
                     tracing::warn!(consumer = self.name, error = %e, "commit on revoke failed");
                 }
-                tracing::info!(consumer = self.name, partitions = revoked.count(), "partitions revoked");
+                tracing::info!(
+                    consumer = self.name,
+                    partitions = revoked.count(),
+                    "partitions revoked"
+                );
             }
             Rebalance::Assign(assigned) => {
-                tracing::info!(consumer = self.name, partitions = assigned.count(), "partitions assigned");
+                tracing::info!(
+                    consumer = self.name,
+                    partitions = assigned.count(),
+                    "partitions assigned"
+                );
             }
-            Rebalance::Error(e) => tracing::warn!(consumer = self.name, error = %e, "rebalance error"),
+            Rebalance::Error(e) => {
+                tracing::warn!(consumer = self.name, error = %e, "rebalance error")
+            }
         }
     }
 }
@@ -260,10 +273,11 @@ pub async fn run_consumer<H: Handler>(
                 .unwrap_or_default(),
         };
         drop(message);
-        tracker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .begin(&delivery.topic, delivery.partition, delivery.offset);
+        tracker.lock().unwrap_or_else(|p| p.into_inner()).begin(
+            &delivery.topic,
+            delivery.partition,
+            delivery.offset,
+        );
         let lane = lane_for(&delivery, lanes.len());
         let _ = lanes[lane].send((delivery, permit));
     }
@@ -324,10 +338,11 @@ async fn lane<H: Handler>(
             break;
         }
         metrics::counter!("tidings_consumed_total", "consumer" => name).increment(1);
-        let moved = tracker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .complete(&d.topic, d.partition, d.offset);
+        let moved = tracker.lock().unwrap_or_else(|p| p.into_inner()).complete(
+            &d.topic,
+            d.partition,
+            d.offset,
+        );
         if let Some(watermark) = moved {
             let mut tpl = TopicPartitionList::new();
             let _ = tpl.add_partition_offset(&d.topic, d.partition, Offset::Offset(watermark));
@@ -386,7 +401,10 @@ impl DeadLetters {
             }
             match self
                 .producer
-                .send(record, rdkafka::util::Timeout::After(Duration::from_secs(10)))
+                .send(
+                    record,
+                    rdkafka::util::Timeout::After(Duration::from_secs(10)),
+                )
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -432,9 +450,13 @@ mod tests {
             payload: None,
             headers: vec![],
         };
-        assert_eq!(lane_for(&d("ticket-1", 0), 16), lane_for(&d("ticket-1", 0), 16));
-        let spread: std::collections::HashSet<usize> =
-            (0..100).map(|i| lane_for(&d(&format!("ticket-{i}"), 0), 16)).collect();
+        assert_eq!(
+            lane_for(&d("ticket-1", 0), 16),
+            lane_for(&d("ticket-1", 0), 16)
+        );
+        let spread: std::collections::HashSet<usize> = (0..100)
+            .map(|i| lane_for(&d(&format!("ticket-{i}"), 0), 16))
+            .collect();
         assert!(spread.len() > 8, "keys spread over lanes: {spread:?}");
     }
 }

@@ -64,15 +64,25 @@ pub async fn connect(url: &str, schema: Option<&str>, max_connections: u32) -> R
     Ok(pool)
 }
 
-/// Creates the schema if needed and applies migrations.
+/// Creates the schema if needed and applies the event store's migrations.
 pub async fn migrate(pool: &PgPool, schema: Option<&str>) -> Result<()> {
+    migrate_with(pool, schema, &MIGRATOR).await
+}
+
+/// Creates the schema if needed and applies `migrator` (services with their own tables use
+/// this with their own migrations, in their own schema).
+pub async fn migrate_with(
+    pool: &PgPool,
+    schema: Option<&str>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<()> {
     if let Some(schema) = schema {
         let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
         // The identifier is quoted above (doubled quotes), so it cannot break out.
         let sql = format!("CREATE SCHEMA IF NOT EXISTS {quoted}");
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
     }
-    MIGRATOR.run(pool).await?;
+    migrator.run(pool).await?;
     Ok(())
 }
 

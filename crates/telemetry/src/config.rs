@@ -120,8 +120,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .filter_map(|p| match p.split_once('=') {
                 Some((k, v)) => Some((k.trim().to_owned(), v.trim().to_owned())),
                 None => {
-                    self.errors
-                        .push(format!("{key}: {p:?} is not key=value"));
+                    self.errors.push(format!("{key}: {p:?} is not key=value"));
                     None
                 }
             })

@@ -101,10 +101,6 @@ impl fmt::Display for TraceParent {
 /// The span a server call runs in, as a child of the caller's trace when it sent one.
 /// With OTLP export on, this span is exported and its context is what we store and forward.
 pub fn server_span(rpc: &'static str, incoming: Option<&str>) -> tracing::Span {
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    };
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let span = tracing::info_span!(
         "rpc",
         otel.name = rpc,
@@ -112,6 +108,26 @@ pub fn server_span(rpc: &'static str, incoming: Option<&str>) -> tracing::Span {
         rpc.system = "grpc",
         rpc.method = rpc
     );
+    with_remote_parent(span, incoming)
+}
+
+/// The span a consumer handles one Kafka record in, continuing the producer's trace from the
+/// record's `traceparent` header (so a notification shows up in the agent's call's trace).
+pub fn consumer_span(operation: &'static str, incoming: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = operation,
+        otel.kind = "consumer",
+        messaging.system = "kafka"
+    );
+    with_remote_parent(span, incoming)
+}
+
+fn with_remote_parent(span: tracing::Span, incoming: Option<&str>) -> tracing::Span {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     if let Some(parent) = incoming.and_then(TraceParent::parse) {
         let flags = if parent.sampled {
             TraceFlags::SAMPLED

@@ -1,0 +1,185 @@
+//! Building and running the dispatcher: everything `main` does, reusable by tests in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tidings_kafka::{ConsumerConfig, OutboxRelay, RelayConfig, ensure_topics, run_consumer};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::handler::{AccessCodes, Dispatch, Links, TicketEvents};
+use crate::mailer::SmtpMailer;
+use crate::sends::SendLog;
+
+pub struct Application {
+    admin_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Connects, migrates its own schema, creates the topics it reads and writes if missing
+    /// (best effort: a broker outage must not keep it from starting), and starts consuming.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = tidings_store::connect(
+            &config.database_url,
+            Some(&config.db_schema),
+            config.db_max_connections,
+        )
+        .await
+        .context("connecting to postgres")?;
+        SendLog::migrate(&pool, &config.db_schema)
+            .await
+            .context("applying migrations")?;
+        let topics: Vec<(String, i32)> = [
+            &config.ticket_events_topic,
+            &config.access_codes_topic,
+            &config.notification_topic,
+            &config.dead_letter_topic,
+        ]
+        .into_iter()
+        .map(|t| (t.clone(), config.partitions))
+        .collect();
+        if let Err(e) = ensure_topics(&config.kafka, &topics, config.replication).await {
+            tracing::warn!(error = %e, "could not create topics now");
+        }
+
+        let shutdown = CancellationToken::new();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let relay = OutboxRelay::new(
+            pool.clone(),
+            config.kafka.clone(),
+            RelayConfig {
+                batch_size: 500,
+                poll_interval: config.outbox_poll,
+                message_timeout: config.message_timeout,
+                topics: vec![(config.notification_topic.clone(), config.partitions)],
+                replication: config.replication,
+                wake: wake.clone(),
+            },
+        )
+        .context("creating kafka producer")?;
+        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+
+        let mailer = SmtpMailer::new(
+            &config.smtp_url,
+            &config.from,
+            config.smtp_pool_size,
+            config.smtp_timeout,
+        )?;
+        let dispatch = Arc::new(Dispatch {
+            message_id_domain: mailer.from_domain(),
+            mailer,
+            sends: SendLog::new(pool, wake),
+            links: Links {
+                customer_url: config.customer_url.clone(),
+                guest_url: config.guest_url.clone(),
+                keys: config.keys.clone(),
+            },
+            sealer: config.sealer.clone(),
+            notification_topic: config.notification_topic.clone(),
+            ce_source: config.ce_source.clone(),
+            retry: config.retry.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let consumer = |name: &'static str, group: String, topic: &String| ConsumerConfig {
+            name,
+            group_id: group,
+            topics: vec![topic.clone()],
+            lanes: config.lanes,
+            max_in_flight: config.max_in_flight,
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            commit_interval: std::time::Duration::from_millis(500),
+        };
+        let events = consumer(
+            "ticket-events",
+            config.group_id.clone(),
+            &config.ticket_events_topic,
+        );
+        // Codes have their own group and loop: never behind a backlog of notifications.
+        let codes = consumer(
+            "access-codes",
+            format!("{}.codes", config.group_id),
+            &config.access_codes_topic,
+        );
+        for (cfg, handler) in [(events, 0), (codes, 1)] {
+            let settings = config.kafka.clone();
+            let stop = shutdown.clone();
+            let dispatch = dispatch.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = cfg.name;
+                let result = if handler == 0 {
+                    run_consumer(&settings, cfg, Arc::new(TicketEvents(dispatch)), stop.clone()).await
+                } else {
+                    run_consumer(&settings, cfg, Arc::new(AccessCodes(dispatch)), stop.clone()).await
+                };
+                if let Err(e) = result {
+                    tracing::error!(consumer = name, error = %e, "consumer failed; stopping the dispatcher");
+                    stop.cancel();
+                }
+            }));
+        }
+
+        let admin_addr = match config.admin_addr {
+            Some(addr) => {
+                tidings_telemetry::metrics_handle();
+                let l = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding admin {addr}"))?;
+                let a = l.local_addr()?;
+                let stop = shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _ = tidings_telemetry::serve_admin(l, stop).await;
+                }));
+                Some(a)
+            }
+            None => None,
+        };
+        tracing::info!(admin = ?admin_addr, smtp_pool = config.smtp_pool_size, "email dispatcher running");
+        Ok(Self {
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until `signal`, then stops consuming, lets handlers finish the record they are on,
+    /// commits what was handled, publishes pending outcomes and returns — within `grace`.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+        grace: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = signal => {},
+            _ = self.shutdown.cancelled() => {},
+        }
+        self.shutdown.cancel();
+        let drain = futures_join(self.tasks);
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "shutdown grace period elapsed; exiting anyway"
+            );
+        }
+        tracing::info!("email dispatcher stopped");
+        Ok(())
+    }
+}
+
+async fn futures_join(tasks: Vec<JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}

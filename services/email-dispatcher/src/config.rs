@@ -1,0 +1,214 @@
+//! The dispatcher's configuration, read from the environment and validated (every problem
+//! reported at once) before anything connects or binds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidings_guest_access::{CodeSealer, Keyring};
+use tidings_kafka::KafkaSettings;
+use tidings_telemetry::config::{ConfigError, Env};
+
+use crate::handler::Retry;
+
+#[derive(Clone)]
+pub struct Config {
+    pub admin_addr: Option<SocketAddr>,
+    pub database_url: String,
+    pub db_schema: String,
+    pub db_max_connections: u32,
+    pub kafka: KafkaSettings,
+    pub ticket_events_topic: String,
+    pub access_codes_topic: String,
+    pub notification_topic: String,
+    pub dead_letter_topic: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub group_id: String,
+    pub lanes: usize,
+    pub max_in_flight: usize,
+    pub smtp_url: String,
+    pub smtp_pool_size: u32,
+    pub smtp_timeout: Duration,
+    pub from: String,
+    pub customer_url: String,
+    pub guest_url: String,
+    pub keys: Arc<Keyring>,
+    pub sealer: Arc<CodeSealer>,
+    pub retry: Retry,
+    pub outbox_poll: Duration,
+    pub message_timeout: Duration,
+    pub log_json: bool,
+    pub otlp_endpoint: Option<String>,
+    pub shutdown_grace: Duration,
+    pub ce_source: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The SMTP URL may carry a password; the keys are secrets.
+        f.debug_struct("Config")
+            .field("db_schema", &self.db_schema)
+            .field("group_id", &self.group_id)
+            .field("ticket_events_topic", &self.ticket_events_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load(Env::from_process())
+    }
+
+    pub fn load<F: Fn(&str) -> Option<String>>(mut env: Env<F>) -> Result<Self, ConfigError> {
+        let admin_addr = env.optional_addr("TIDINGS_EMAIL_ADMIN_ADDR", "127.0.0.1:9465");
+        let database_url = env.required("DATABASE_URL");
+        let db_schema = env
+            .schema("TIDINGS_EMAIL_DB_SCHEMA")
+            .unwrap_or_else(|| "tidings_email".into());
+        let db_max_connections = env.parse("TIDINGS_EMAIL_DB_MAX_CONNECTIONS", 16u32);
+        let brokers = env.required("KAFKA_BROKERS");
+        let extra = env.kv_list("TIDINGS_KAFKA_PROPERTIES");
+        let ticket_events_topic =
+            env.string("TIDINGS_TICKET_EVENTS_TOPIC", "tidings.ticket-events.v1");
+        let access_codes_topic = env.string(
+            "TIDINGS_ACCESS_CODES_TOPIC",
+            "tidings.guest-access-codes.v1",
+        );
+        let notification_topic = env.string(
+            "TIDINGS_NOTIFICATION_EVENTS_TOPIC",
+            "tidings.notification-events.v1",
+        );
+        let dead_letter_topic =
+            env.string("TIDINGS_EMAIL_DLQ_TOPIC", "tidings.email-dispatcher.dlq.v1");
+        let partitions = env.parse("TIDINGS_TOPIC_PARTITIONS", 6i32);
+        let replication = env.parse("TIDINGS_TOPIC_REPLICATION", 1i32);
+        if partitions < 1 {
+            env.error("TIDINGS_TOPIC_PARTITIONS must be at least 1");
+        }
+        let group_id = env.string("TIDINGS_EMAIL_GROUP_ID", "tidings-email-dispatcher");
+        let lanes = env.parse("TIDINGS_EMAIL_LANES", 64usize);
+        let max_in_flight = env.parse("TIDINGS_EMAIL_MAX_IN_FLIGHT", 2000usize);
+        if lanes == 0 || max_in_flight == 0 {
+            env.error("TIDINGS_EMAIL_LANES and TIDINGS_EMAIL_MAX_IN_FLIGHT must be at least 1");
+        }
+        let smtp_url = env.required("TIDINGS_SMTP_URL");
+        let smtp_pool_size = env.parse("TIDINGS_SMTP_POOL_SIZE", 16u32);
+        if smtp_pool_size == 0 {
+            env.error("TIDINGS_SMTP_POOL_SIZE must be at least 1");
+        }
+        let smtp_timeout = Duration::from_secs(env.parse("TIDINGS_SMTP_TIMEOUT_SECS", 10u64));
+        let from = env.string(
+            "TIDINGS_EMAIL_FROM",
+            "Tidings Support <no-reply@tidings.example>",
+        );
+        let customer_url = env.string(
+            "TIDINGS_CUSTOMER_TICKET_URL",
+            "http://127.0.0.1:8080/tickets/{ticket_id}",
+        );
+        let guest_url = env.string(
+            "TIDINGS_GUEST_TICKET_URL",
+            "http://127.0.0.1:8080/guest/tickets/{ticket_id}?link={token}",
+        );
+        if !guest_url.contains("{token}") {
+            env.error("TIDINGS_GUEST_TICKET_URL must contain {token} (the guest link)");
+        }
+        let keys = match env.secret("TIDINGS_GUEST_KEYS").map(|s| Keyring::parse(&s)) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => {
+                env.error(format!("TIDINGS_GUEST_KEYS: {e}"));
+                None
+            }
+            None => {
+                env.error("TIDINGS_GUEST_KEYS is required (the ticket service's, to mint links)");
+                None
+            }
+        };
+        let sealer = match env
+            .secret("TIDINGS_CODE_SEAL_KEY")
+            .map(|s| CodeSealer::parse(&s))
+        {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                env.error(format!("TIDINGS_CODE_SEAL_KEY: {e}"));
+                None
+            }
+            None => {
+                env.error(
+                    "TIDINGS_CODE_SEAL_KEY is required (the ticket service's, to open codes)",
+                );
+                None
+            }
+        };
+        let retry = Retry {
+            first: Duration::from_millis(env.parse("TIDINGS_EMAIL_RETRY_FIRST_MS", 200u64)),
+            max: Duration::from_millis(env.parse("TIDINGS_EMAIL_RETRY_MAX_MS", 30_000u64)),
+            give_up_after: Duration::from_secs(env.parse("TIDINGS_EMAIL_GIVE_UP_SECS", 900u64)),
+        };
+        let outbox_poll = Duration::from_millis(env.parse("TIDINGS_OUTBOX_POLL_MS", 500u64));
+        let message_timeout =
+            Duration::from_millis(env.parse("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", 5000u64));
+        let log_json = env.log_json();
+        let otlp_endpoint = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
+        let shutdown_grace = Duration::from_secs(env.parse("TIDINGS_SHUTDOWN_GRACE_SECS", 10u64));
+        let ce_source = env.string("TIDINGS_EMAIL_CE_SOURCE", "/tidings/email-dispatcher");
+        env.finish()?;
+        Ok(Config {
+            admin_addr,
+            database_url,
+            db_schema,
+            db_max_connections,
+            kafka: KafkaSettings { brokers, extra },
+            ticket_events_topic,
+            access_codes_topic,
+            notification_topic,
+            dead_letter_topic,
+            partitions,
+            replication,
+            group_id,
+            lanes,
+            max_in_flight,
+            smtp_url,
+            smtp_pool_size,
+            smtp_timeout,
+            from,
+            customer_url,
+            guest_url,
+            keys: Arc::new(keys.expect("checked by finish")),
+            sealer: Arc::new(sealer.expect("checked by finish")),
+            retry,
+            outbox_poll,
+            message_timeout,
+            log_json,
+            otlp_endpoint,
+            shutdown_grace,
+            ce_source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_bad_values_are_all_reported() {
+        let env = Env::with_lookup(|k| match k {
+            "TIDINGS_GUEST_TICKET_URL" => Some("http://x/guest".into()),
+            "TIDINGS_SMTP_POOL_SIZE" => Some("0".into()),
+            _ => None,
+        });
+        let err = Config::load(env).unwrap_err().to_string();
+        for needle in [
+            "DATABASE_URL",
+            "KAFKA_BROKERS",
+            "TIDINGS_SMTP_URL",
+            "TIDINGS_SMTP_POOL_SIZE",
+            "TIDINGS_GUEST_TICKET_URL",
+            "TIDINGS_GUEST_KEYS",
+            "TIDINGS_CODE_SEAL_KEY",
+        ] {
+            assert!(err.contains(needle), "{needle} missing in {err}");
+        }
+    }
+}

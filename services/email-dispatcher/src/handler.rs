@@ -1,0 +1,319 @@
+//! Turning records into emails: decode, plan (pure, `tidings-notify`), skip what was already
+//! sent, render, send with bounded retries, record the outcome with its event. Runs inside
+//! the consumer loop of `tidings-kafka`, once per record, in order per ticket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use prost::Message as _;
+use rand::Rng as _;
+use tidings_domain::TicketUpdate;
+use tidings_guest_access::{CodeSealer, Keyring};
+use tidings_kafka::{CloudEvent, Delivery, Handler, Unhandled};
+use tidings_notify::{Audience, EmailKind, EmailPlan, plan_code_email, plan_email};
+use tidings_proto::events::v1::Channel;
+use tidings_proto::{DeliveryOutcome, notification_to_wire, update_from_wire};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::mailer::{Mailer, OutgoingEmail, SendError};
+use crate::render::{Content, Lang, render};
+use crate::sends::{OutcomeMessage, Recorded, SendLog};
+
+/// Backoff for transient failures: exponential from `first` to `max`, with jitter, until
+/// `give_up_after` has passed since the first attempt.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub first: Duration,
+    pub max: Duration,
+    pub give_up_after: Duration,
+}
+
+/// Where a reader continues: `{ticket_id}`, `{ticket_number}` and (guests) `{token}` are
+/// filled into the configured URL templates.
+pub struct Links {
+    pub customer_url: String,
+    pub guest_url: String,
+    pub keys: Arc<Keyring>,
+}
+
+impl Links {
+    pub fn for_plan(&self, plan: &EmailPlan, u: &TicketUpdate, now: DateTime<Utc>) -> String {
+        let template = match plan.audience {
+            Audience::Customer => &self.customer_url,
+            Audience::Guest => &self.guest_url,
+        };
+        let mut url = template
+            .replace("{ticket_id}", &u.ticket_id.to_string())
+            .replace("{ticket_number}", &u.ticket_number.to_string());
+        if plan.audience == Audience::Guest {
+            // Bound to this ticket and this address; verified by the ticket service.
+            url = url.replace("{token}", &self.keys.mint_link(u.ticket_id, &plan.to, now));
+        }
+        url
+    }
+}
+
+pub struct Dispatch<M> {
+    pub mailer: M,
+    pub sends: SendLog,
+    pub links: Links,
+    pub sealer: Arc<CodeSealer>,
+    pub notification_topic: String,
+    pub ce_source: String,
+    /// Right-hand side of Message-IDs (the sender's domain).
+    pub message_id_domain: String,
+    pub retry: Retry,
+    pub shutdown: CancellationToken,
+}
+
+/// Handles the ticket-events topic.
+pub struct TicketEvents<M>(pub Arc<Dispatch<M>>);
+/// Handles the access-codes topic (its own consumer, so codes never wait behind a backlog).
+pub struct AccessCodes<M>(pub Arc<Dispatch<M>>);
+
+fn decode(d: &Delivery) -> Result<TicketUpdate, Unhandled> {
+    let payload = d
+        .payload
+        .as_deref()
+        .ok_or_else(|| Unhandled::DeadLetter("empty record".into()))?;
+    update_from_wire(payload).map_err(|e| Unhandled::DeadLetter(format!("undecodable event: {e}")))
+}
+
+impl<M: Mailer> Handler for TicketEvents<M> {
+    async fn handle(&self, d: &Delivery) -> Result<(), Unhandled> {
+        let span = tidings_telemetry::trace_context::consumer_span(
+            "email.ticket_event",
+            d.header("traceparent"),
+        );
+        async {
+            let update = decode(d)?;
+            match plan_email(&update) {
+                Some(plan) => {
+                    self.0
+                        .deliver(&update, &plan, None, d.header("traceparent"))
+                        .await
+                }
+                None => Ok(()),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl<M: Mailer> Handler for AccessCodes<M> {
+    async fn handle(&self, d: &Delivery) -> Result<(), Unhandled> {
+        let span = tidings_telemetry::trace_context::consumer_span(
+            "email.access_code",
+            d.header("traceparent"),
+        );
+        async {
+            let update = decode(d)?;
+            let plan = match plan_code_email(&update, Utc::now()) {
+                Ok(plan) => plan,
+                Err(reason) => {
+                    tracing::info!(ticket_id = %update.ticket_id, ?reason, "code request not mailed");
+                    metrics::counter!("tidings_emails_total", "kind" => "access_code", "outcome" => "skipped").increment(1);
+                    return Ok(());
+                }
+            };
+            let tidings_domain::Change::AccessCodeRequested { sealed_code, expires_at } = &update.change else {
+                return Ok(());
+            };
+            let code = self.0.sealer.open(update.ticket_id, sealed_code).map_err(|_| {
+                Unhandled::DeadLetter("sealed code cannot be opened (TIDINGS_CODE_SEAL_KEY differs from the ticket service's?)".into())
+            })?;
+            self.0
+                .deliver(&update, &plan, Some((code.as_str(), *expires_at)), d.header("traceparent"))
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// How a send ended after retries.
+enum Sent {
+    Ok,
+    Failed { reason: String, permanent: bool },
+}
+
+impl<M: Mailer> Dispatch<M> {
+    async fn deliver(
+        &self,
+        update: &TicketUpdate,
+        plan: &EmailPlan,
+        code: Option<(&str, DateTime<Utc>)>,
+        traceparent: Option<&str>,
+    ) -> Result<(), Unhandled> {
+        let kind = plan.kind.name();
+        let recipient = plan.to.as_str();
+        let lookup = self
+            .with_db_retry(|| self.sends.lookup(update.event_id, recipient))
+            .await?;
+        match lookup {
+            Some(Recorded::Sent) => {
+                metrics::counter!("tidings_emails_total", "kind" => kind, "outcome" => "duplicate")
+                    .increment(1);
+                tracing::debug!(event_id = %update.event_id, "already mailed");
+                return Ok(());
+            }
+            // Dead-lettered before; at-least-once applies to the dead-letter topic too.
+            Some(Recorded::Failed(reason)) => return Err(Unhandled::DeadLetter(reason)),
+            None => {}
+        }
+
+        let message_id = format!(
+            "<{}@{}>",
+            Uuid::new_v5(&update.event_id, format!("email|{recipient}").as_bytes()),
+            self.message_id_domain
+        );
+        let link = self.links.for_plan(plan, update, Utc::now());
+        let rendered = render(&Content {
+            kind: plan.kind,
+            lang: Lang::of(&plan.locale),
+            update,
+            link: &link,
+            code,
+        })
+        .map_err(|e| Unhandled::DeadLetter(format!("rendering failed: {e}")))?;
+        let email = OutgoingEmail {
+            to: recipient.to_owned(),
+            message_id: message_id.clone(),
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+        };
+
+        let started = Instant::now();
+        let sent = self.send_with_retry(&email).await?;
+        metrics::histogram!("tidings_email_send_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+        let (recorded, outcome, result) = match sent {
+            Sent::Ok => (
+                Recorded::Sent,
+                DeliveryOutcome::Sent {
+                    provider_message_id: message_id.clone(),
+                },
+                Ok(()),
+            ),
+            Sent::Failed { reason, permanent } => (
+                Recorded::Failed(reason.clone()),
+                DeliveryOutcome::Failed {
+                    reason: reason.clone(),
+                    permanent,
+                },
+                Err(Unhandled::DeadLetter(reason)),
+            ),
+        };
+        let event = self.outcome_message(update, plan.kind, recipient, &outcome, traceparent);
+        self.with_db_retry(|| {
+            self.sends.record(
+                update.event_id,
+                recipient,
+                kind,
+                &message_id,
+                &recorded,
+                &event,
+            )
+        })
+        .await?;
+        let label = if result.is_ok() { "sent" } else { "failed" };
+        metrics::counter!("tidings_emails_total", "kind" => kind, "outcome" => label).increment(1);
+        tracing::info!(ticket_id = %update.ticket_id, event_id = %update.event_id, kind, outcome = label, "email");
+        result
+    }
+
+    async fn send_with_retry(&self, email: &OutgoingEmail) -> Result<Sent, Unhandled> {
+        let first = Instant::now();
+        let mut backoff = self.retry.first;
+        loop {
+            match self.mailer.send(email).await {
+                Ok(()) => return Ok(Sent::Ok),
+                Err(SendError::Permanent(reason)) => {
+                    return Ok(Sent::Failed {
+                        reason: format!("smtp rejected the message: {reason}"),
+                        permanent: true,
+                    });
+                }
+                Err(SendError::Transient(reason)) => {
+                    if first.elapsed() >= self.retry.give_up_after {
+                        return Ok(Sent::Failed {
+                            reason: format!(
+                                "gave up after {} s of transient failures: {reason}",
+                                first.elapsed().as_secs()
+                            ),
+                            permanent: false,
+                        });
+                    }
+                    tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "email send failed; retrying");
+                    metrics::counter!("tidings_email_retries_total").increment(1);
+                }
+            }
+            self.pause(&mut backoff).await?;
+        }
+    }
+
+    /// Database trouble is never the record's fault: retry until it works or we stop.
+    async fn with_db_retry<T, F, Fut>(&self, mut op: F) -> Result<T, Unhandled>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut backoff = self.retry.first;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => tracing::warn!(error = %e, "send log unavailable; retrying"),
+            }
+            self.pause(&mut backoff).await?;
+        }
+    }
+
+    async fn pause(&self, backoff: &mut Duration) -> Result<(), Unhandled> {
+        let ms = backoff.as_millis() as u64;
+        let wait = Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)));
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(Unhandled::Interrupted),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        *backoff = (*backoff * 2).min(self.retry.max);
+        Ok(())
+    }
+
+    fn outcome_message(
+        &self,
+        update: &TicketUpdate,
+        kind: EmailKind,
+        recipient: &str,
+        outcome: &DeliveryOutcome,
+        traceparent: Option<&str>,
+    ) -> OutcomeMessage {
+        let now = Utc::now();
+        let wire =
+            notification_to_wire(update, Channel::Email, recipient, kind.name(), outcome, now);
+        let id = wire.event_id.clone();
+        let subject = update.ticket_id.to_string();
+        let tp = tidings_telemetry::trace_context::current(traceparent).to_string();
+        let headers = CloudEvent {
+            id: &id,
+            ce_type: outcome.cloudevent_type(),
+            source: &self.ce_source,
+            subject: &subject,
+            time: now,
+            content_type: "application/protobuf",
+            traceparent: Some(&tp),
+        }
+        .headers();
+        OutcomeMessage {
+            event_id: Uuid::parse_str(&id).unwrap_or_else(|_| Uuid::now_v7()),
+            topic: self.notification_topic.clone(),
+            key: subject.into_bytes(),
+            value: wire.encode_to_vec(),
+            headers,
+        }
+    }
+}

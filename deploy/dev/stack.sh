@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The local stack behind `make run` and `make test`: PostgreSQL (the machine's own, started
-# or installed if missing) and the tansu Kafka-compatible broker (installed with cargo and
-# started on loopback) unless KAFKA_BROKERS points at a real Kafka.
+# or installed if missing), the tansu Kafka-compatible broker (installed with cargo and
+# started on loopback) unless KAFKA_BROKERS points at a real Kafka, and MailDev (npm, a real
+# SMTP server with a web inbox and an HTTP API) on loopback.
 #
-#   stack.sh deps   install what is missing (tansu, PostgreSQL)
+#   stack.sh deps   install what is missing (tansu, PostgreSQL, MailDev)
 #   stack.sh up     start what is not running and create the databases
 #   stack.sh down   stop what this script started
 #   stack.sh env    print the variables that point the services at the stack
@@ -14,7 +15,11 @@ STATE="${TIDINGS_DEV_DIR:-$ROOT/.dev}"
 PG_HOST=127.0.0.1
 PG_PORT="${TIDINGS_DEV_PG_PORT:-5432}"
 KAFKA_PORT="${TIDINGS_DEV_KAFKA_PORT:-19092}"
+SMTP_PORT="${TIDINGS_DEV_SMTP_PORT:-1025}"
+MAILDEV_WEB_PORT="${TIDINGS_DEV_MAILDEV_WEB_PORT:-1080}"
 TANSU_VERSION=0.6.0
+MAILDEV_VERSION=3
+MAILDEV_BIN="$STATE/maildev/node_modules/.bin/maildev"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
@@ -82,28 +87,63 @@ start_tansu() {
   wait_port 127.0.0.1 "$KAFKA_PORT" 30 tansu
 }
 
+ensure_maildev() {
+  if [ -x "$MAILDEV_BIN" ]; then return; fi
+  if ! command -v npm >/dev/null; then
+    log "installing Node.js and npm from Debian packages (for MailDev)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  log "installing MailDev $MAILDEV_VERSION with npm"
+  mkdir -p "$STATE/maildev"
+  npm install --prefix "$STATE/maildev" --no-audit --no-fund --loglevel=error "maildev@$MAILDEV_VERSION" >/dev/null
+}
+
+start_maildev() {
+  mkdir -p "$STATE/maildev/mail"
+  if (exec 3<>"/dev/tcp/127.0.0.1/$MAILDEV_WEB_PORT") 2>/dev/null; then return; fi
+  log "starting MailDev: SMTP 127.0.0.1:$SMTP_PORT, inbox http://127.0.0.1:$MAILDEV_WEB_PORT"
+  # Bounded: the dev inbox keeps the newest 5000 messages.
+  nohup "$MAILDEV_BIN" --smtp "$SMTP_PORT" --ip 127.0.0.1 --web "$MAILDEV_WEB_PORT" --web-ip 127.0.0.1 \
+    --mail-directory "$STATE/maildev/mail" --max-emails 5000 --silent >"$STATE/maildev.log" 2>&1 &
+  echo $! >"$STATE/maildev.pid"
+  wait_port 127.0.0.1 "$SMTP_PORT" 30 "MailDev SMTP"
+  wait_port 127.0.0.1 "$MAILDEV_WEB_PORT" 30 "MailDev web"
+}
+
+stop_pidfile() { # name
+  if [ -f "$STATE/$1.pid" ]; then
+    kill "$(cat "$STATE/$1.pid")" 2>/dev/null || true
+    rm -f "$STATE/$1.pid"
+    log "stopped $1"
+  fi
+}
+
 case "${1:-}" in
   deps)
     ensure_tansu
+    ensure_maildev
     pg_up || ensure_postgres_installed
     ;;
   up)
     ensure_tansu
+    ensure_maildev
     start_postgres
     create_db tidings
     create_db tidings_test
     start_tansu
+    start_maildev
     ;;
   down)
-    if [ -f "$STATE/tansu.pid" ]; then
-      kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
-      rm -f "$STATE/tansu.pid"
-      log "stopped tansu"
-    fi
+    stop_pidfile tansu
+    stop_pidfile maildev
     ;;
   env)
     echo "export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
     echo "export TANSU_BIN=$(command -v tansu || echo tansu)"
+    echo "export MAILDEV_BIN=$MAILDEV_BIN"
+    echo "export TIDINGS_TEST_SMTP=127.0.0.1:$SMTP_PORT"
+    echo "export TIDINGS_TEST_MAILDEV=http://127.0.0.1:$MAILDEV_WEB_PORT"
     ;;
   *)
     echo "usage: $0 deps|up|down|env" >&2

@@ -4,6 +4,7 @@
 //! (`DATABASE_URL`, `KAFKA_BROKERS`), which `make test` exports.
 
 pub mod broker;
+pub mod mail;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

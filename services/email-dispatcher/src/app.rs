@@ -92,7 +92,7 @@ impl Application {
             lanes: config.lanes,
             max_in_flight: config.max_in_flight,
             dead_letter_topic: config.dead_letter_topic.clone(),
-            commit_interval: std::time::Duration::from_millis(500),
+            commit_interval: config.commit_interval,
         };
         let events = consumer(
             "ticket-events",

@@ -27,6 +27,7 @@ pub struct Config {
     pub group_id: String,
     pub lanes: usize,
     pub max_in_flight: usize,
+    pub commit_interval: Duration,
     pub smtp_url: String,
     pub smtp_pool_size: u32,
     pub smtp_timeout: Duration,
@@ -92,6 +93,8 @@ impl Config {
         if lanes == 0 || max_in_flight == 0 {
             env.error("TIDINGS_EMAIL_LANES and TIDINGS_EMAIL_MAX_IN_FLIGHT must be at least 1");
         }
+        let commit_interval =
+            Duration::from_millis(env.parse("TIDINGS_EMAIL_COMMIT_INTERVAL_MS", 500u64));
         let smtp_url = env.required("TIDINGS_SMTP_URL");
         let smtp_pool_size = env.parse("TIDINGS_SMTP_POOL_SIZE", 16u32);
         if smtp_pool_size == 0 {
@@ -168,6 +171,7 @@ impl Config {
             group_id,
             lanes,
             max_in_flight,
+            commit_interval,
             smtp_url,
             smtp_pool_size,
             smtp_timeout,

@@ -186,6 +186,7 @@ impl<M: Mailer> Dispatch<M> {
             subject: rendered.subject,
             text: rendered.text,
             html: rendered.html,
+            urgent: plan.kind == EmailKind::AccessCode,
         };
 
         let started = Instant::now();

@@ -17,6 +17,9 @@ pub struct OutgoingEmail {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// Time-critical (access codes): uses connections of its own, never queued behind
+    /// ordinary notifications.
+    pub urgent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,7 +39,15 @@ pub trait Mailer: Send + Sync + 'static {
 pub struct SmtpMailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// lettre's pool bounds idle connections only and opens more on demand; these bound how
+    /// many sessions we hold open at once: the pool size for notifications, plus a few for
+    /// urgent mail.
+    sessions: tokio::sync::Semaphore,
+    urgent_sessions: tokio::sync::Semaphore,
 }
+
+/// Sessions kept aside for urgent mail.
+const URGENT_SESSIONS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SmtpSetupError {
@@ -59,14 +70,19 @@ impl SmtpMailer {
             .parse()
             .map_err(|e| SmtpSetupError::From(format!("{e}")))?;
         let pool = lettre::transport::smtp::PoolConfig::new()
-            .max_size(pool_size)
+            .max_size(pool_size + URGENT_SESSIONS as u32)
             .idle_timeout(Duration::from_secs(30));
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| SmtpSetupError::Url(e.to_string()))?
             .timeout(Some(timeout))
             .pool_config(pool)
             .build();
-        Ok(Self { transport, from })
+        Ok(Self {
+            transport,
+            from,
+            sessions: tokio::sync::Semaphore::new(pool_size as usize),
+            urgent_sessions: tokio::sync::Semaphore::new(URGENT_SESSIONS),
+        })
     }
 
     /// The domain of the sender address, for Message-IDs.
@@ -123,6 +139,15 @@ impl lettre::message::header::Header for AutoSubmitted {
 impl Mailer for SmtpMailer {
     async fn send(&self, email: &OutgoingEmail) -> Result<(), SendError> {
         let message = self.message(email)?;
+        let sessions = if email.urgent {
+            &self.urgent_sessions
+        } else {
+            &self.sessions
+        };
+        let _session = sessions
+            .acquire()
+            .await
+            .map_err(|_| SendError::Transient("mailer is shutting down".into()))?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),

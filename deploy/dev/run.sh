@@ -7,7 +7,7 @@ cd "$ROOT"
 eval "$("$ROOT/deploy/dev/stack.sh" env)"
 set -a; . "$ROOT/deploy/dev/dev.env"; set +a
 
-cargo build --quiet -p ticket-service -p tidings-cli
+cargo build --quiet -p ticket-service -p email-dispatcher -p tidings-cli
 BIN="$ROOT/target/debug"
 mkdir -p .dev
 pids=()
@@ -17,12 +17,17 @@ trap stop INT TERM EXIT
 "$BIN/ticket-service" 2>&1 | sed -u 's/^/[ticket-service] /' &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null && break; sleep 0.2; done
+"$BIN/email-dispatcher" 2>&1 | sed -u 's/^/[email-dispatcher] /' &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9465) 2>/dev/null && break; sleep 0.2; done
 
 cat <<BANNER
 
   Tidings is running.
     gRPC (ticket + guest access, reflection, health)  127.0.0.1:50051
-    metrics                                           http://127.0.0.1:9464/metrics
+    metrics                                           http://127.0.0.1:9464/metrics (ticket service)
+                                                      http://127.0.0.1:9465/metrics (email dispatcher)
+    email inbox (MailDev)                             $TIDINGS_TEST_MAILDEV
     Kafka (tansu)                                     $KAFKA_BROKERS  topic tidings.ticket-events.v1
     Postgres                                          $DATABASE_URL
 
@@ -34,7 +39,16 @@ cat <<BANNER
     AGENT=\$(tidings token --sub giulia --name Giulia --agent)
     tidings --token \$AGENT reply <ticket-id> --body "We are looking into it"
     tidings get <ticket-id>
+    # ann@example.com now has two emails in the inbox above (in Italian: her locale is it)
 
-  Ctrl-C stops everything (tansu keeps running; \`make down\` stops it).
+  A guest (email only):
+    TIDINGS_TOKEN= tidings open --subject "Cannot log in" --body "since yesterday" --guest-email guest@example.org --guest-locale en
+    tidings --token \$AGENT reply <ticket-id> --body "Please try again now"
+    # open the inbox, copy the link from the guest's email, then:
+    tidings request-code --link '<link from the email>'   # the code arrives by email
+    tidings verify-code --link '<link>' --code <code>       # prints a guest session token
+    tidings --token <session> get <ticket-id>
+
+  Ctrl-C stops the services (tansu and MailDev keep running; \`make down\` stops them).
 BANNER
 wait "${pids[@]}"

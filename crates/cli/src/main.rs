@@ -112,18 +112,31 @@ enum Cmd {
         #[arg(long, env = "TIDINGS_GUEST_KEYS", hide_env_values = true)]
         keys: String,
     },
-    /// As a guest: ask for a one-time code for the ticket behind a link.
+    /// As a guest: ask for a one-time code for the ticket behind a link (the URL from the
+    /// notification email, or just its token).
     RequestCode {
-        #[arg(long)]
+        #[arg(long, value_parser = link_token)]
         link: String,
     },
     /// As a guest: exchange the emailed code for a session token.
     VerifyCode {
-        #[arg(long)]
+        #[arg(long, value_parser = link_token)]
         link: String,
         #[arg(long)]
         code: String,
     },
+}
+
+/// The link token from an emailed URL (`…?link=<token>`), or the token itself.
+fn link_token(raw: &str) -> Result<String, String> {
+    let token = match raw.split_once("link=") {
+        Some((_, rest)) => rest.split(['&', '#']).next().unwrap_or_default(),
+        None => raw,
+    };
+    if token.is_empty() {
+        return Err("no link token in it".into());
+    }
+    Ok(token.to_owned())
 }
 
 fn authed<T>(token: &Option<String>, msg: T) -> anyhow::Result<tonic::Request<T>> {
@@ -364,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
                     .await?
                     .into_inner();
                 println!(
-                    "code requested; the email dispatcher mails it to the guest; it expires at {}",
+                    "code requested; it is emailed to the guest's address and expires at {}",
                     when(&r.code_expires_at)
                 );
             }

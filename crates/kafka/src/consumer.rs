@@ -80,6 +80,9 @@ pub struct ConsumerConfig {
     pub dead_letter_topic: String,
     /// How often librdkafka commits the stored offsets.
     pub commit_interval: Duration,
+    /// Where a group without committed offsets starts: `earliest` (nothing published before
+    /// the first start is missed) or `latest` (a new deployment does not notify the past).
+    pub offset_reset: String,
 }
 
 /// Per-partition progress: which polled offsets are still being handled.
@@ -205,7 +208,7 @@ pub async fn run_consumer<H: Handler>(
                 "auto.commit.interval.ms",
                 config.commit_interval.as_millis().to_string(),
             )
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", &config.offset_reset)
             .set("fetch.wait.max.ms", "100")
             .create_with_context(TrackingContext {
                 tracker: tracker.clone(),

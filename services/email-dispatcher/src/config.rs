@@ -28,6 +28,7 @@ pub struct Config {
     pub lanes: usize,
     pub max_in_flight: usize,
     pub commit_interval: Duration,
+    pub offset_reset: String,
     pub smtp_url: String,
     pub smtp_pool_size: u32,
     pub smtp_timeout: Duration,
@@ -95,6 +96,12 @@ impl Config {
         }
         let commit_interval =
             Duration::from_millis(env.parse("TIDINGS_EMAIL_COMMIT_INTERVAL_MS", 500u64));
+        let offset_reset = env.string("TIDINGS_EMAIL_OFFSET_RESET", "earliest");
+        if offset_reset != "earliest" && offset_reset != "latest" {
+            env.error(format!(
+                "TIDINGS_EMAIL_OFFSET_RESET={offset_reset:?}: expected earliest or latest"
+            ));
+        }
         let smtp_url = env.required("TIDINGS_SMTP_URL");
         let smtp_pool_size = env.parse("TIDINGS_SMTP_POOL_SIZE", 16u32);
         if smtp_pool_size == 0 {
@@ -172,6 +179,7 @@ impl Config {
             lanes,
             max_in_flight,
             commit_interval,
+            offset_reset,
             smtp_url,
             smtp_pool_size,
             smtp_timeout,

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::mailer::{Mailer, OutgoingEmail, SendError};
 use crate::render::{Content, Lang, render};
-use crate::sends::{OutcomeMessage, Recorded, SendLog};
+use crate::sends::{OutcomeMessage, Record, Recorded, SendLog, SendLogError};
 
 /// Backoff for transient failures: exponential from `first` to `max`, with jitter, until
 /// `give_up_after` has passed since the first attempt.
@@ -211,17 +211,16 @@ impl<M: Mailer> Dispatch<M> {
             ),
         };
         let event = self.outcome_message(update, plan.kind, recipient, &outcome, traceparent);
-        self.with_db_retry(|| {
-            self.sends.record(
-                update.event_id,
-                recipient,
-                kind,
-                &message_id,
-                &recorded,
-                &event,
-            )
-        })
-        .await?;
+        let record = Record {
+            event_id: update.event_id,
+            recipient: recipient.to_owned(),
+            kind,
+            message_id,
+            outcome: recorded,
+            event,
+        };
+        self.with_db_retry(|| self.sends.record(record.clone()))
+            .await?;
         let label = if result.is_ok() { "sent" } else { "failed" };
         metrics::counter!("tidings_emails_total", "kind" => kind, "outcome" => label).increment(1);
         tracing::info!(ticket_id = %update.ticket_id, event_id = %update.event_id, kind, outcome = label, "email");
@@ -262,7 +261,7 @@ impl<M: Mailer> Dispatch<M> {
     async fn with_db_retry<T, F, Fut>(&self, mut op: F) -> Result<T, Unhandled>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+        Fut: std::future::Future<Output = Result<T, SendLogError>>,
     {
         let mut backoff = self.retry.first;
         loop {

@@ -1,14 +1,22 @@
 //! The record of what was mailed, in the dispatcher's own schema. A send is keyed by (event,
 //! recipient); its record and the outcome event for the notification-events topic are written
 //! in one statement, and the outbox relay publishes the latter.
+//!
+//! Lookups and records are batched: every lane awaits its own answer, but whatever the lanes
+//! ask while a query runs goes into the next query together. Under load that is one round
+//! trip and one commit for hundreds of emails; when idle, a single request goes out at once.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Rows per statement, at most.
+const BATCH: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -17,6 +25,7 @@ pub enum Recorded {
 }
 
 /// An outcome event to publish with the record.
+#[derive(Clone)]
 pub struct OutcomeMessage {
     pub event_id: Uuid,
     pub topic: String,
@@ -25,82 +34,204 @@ pub struct OutcomeMessage {
     pub headers: Vec<(String, String)>,
 }
 
+/// One send record with its outcome event.
+#[derive(Clone)]
+pub struct Record {
+    pub event_id: Uuid,
+    pub recipient: String,
+    pub kind: &'static str,
+    pub message_id: String,
+    pub outcome: Recorded,
+    pub event: OutcomeMessage,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("send log: {0}")]
+pub struct SendLogError(String);
+
+type Reply<T> = oneshot::Sender<Result<T, SendLogError>>;
+
 #[derive(Clone)]
 pub struct SendLog {
-    pool: PgPool,
-    /// Wakes the outbox relay after an outcome was written.
-    wake: Arc<Notify>,
+    lookups: mpsc::UnboundedSender<((Uuid, String), Reply<Option<Recorded>>)>,
+    records: mpsc::UnboundedSender<(Record, Reply<()>)>,
 }
 
 impl SendLog {
+    /// Starts the batching tasks; they end when every `SendLog` clone is dropped.
     pub fn new(pool: PgPool, wake: Arc<Notify>) -> Self {
-        Self { pool, wake }
+        let (lookups, lrx) = mpsc::unbounded_channel();
+        let (records, rrx) = mpsc::unbounded_channel();
+        tokio::spawn(lookup_batches(pool.clone(), lrx));
+        tokio::spawn(record_batches(pool, rrx, wake));
+        Self { lookups, records }
     }
 
     pub async fn migrate(pool: &PgPool, schema: &str) -> Result<(), tidings_store::StoreError> {
         tidings_store::migrate_with(pool, Some(schema), &MIGRATOR).await
     }
 
-    pub async fn lookup(
-        &self,
-        event_id: Uuid,
-        recipient: &str,
-    ) -> Result<Option<Recorded>, sqlx::Error> {
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT outcome, detail FROM email_sends WHERE event_id = $1 AND recipient = $2",
-        )
-        .bind(event_id)
-        .bind(recipient)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(outcome, detail)| match outcome.as_str() {
-            "sent" => Recorded::Sent,
-            _ => Recorded::Failed(detail.unwrap_or_default()),
-        }))
+    pub async fn lookup(&self, event_id: Uuid, recipient: &str) -> Result<Option<Recorded>, SendLogError> {
+        let (tx, rx) = oneshot::channel();
+        self.lookups
+            .send(((event_id, recipient.to_owned()), tx))
+            .map_err(|_| SendLogError("stopped".into()))?;
+        rx.await.map_err(|_| SendLogError("stopped".into()))?
     }
 
     /// Records the outcome and queues its event; a second record for the same key (a
     /// concurrent twin after a rebalance) changes nothing.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record(
-        &self,
-        event_id: Uuid,
-        recipient: &str,
-        kind: &str,
-        message_id: &str,
-        outcome: &Recorded,
-        event: &OutcomeMessage,
-    ) -> Result<(), sqlx::Error> {
-        let (status, detail) = match outcome {
-            Recorded::Sent => ("sent", None),
-            Recorded::Failed(reason) => ("failed", Some(reason.as_str())),
-        };
-        let headers = serde_json::to_value(&event.headers)
-            .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        sqlx::query(
-            "WITH rec AS (
-                 INSERT INTO email_sends (event_id, recipient, kind, message_id, outcome, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (event_id, recipient) DO NOTHING
-                 RETURNING 1
-             )
-             INSERT INTO outbox (event_id, topic, key, value, headers)
-             SELECT $7, $8, $9, $10, $11 FROM rec",
-        )
-        .bind(event_id)
-        .bind(recipient)
-        .bind(kind)
-        .bind(message_id)
-        .bind(status)
-        .bind(detail)
-        .bind(event.event_id)
-        .bind(&event.topic)
-        .bind(&event.key)
-        .bind(&event.value)
-        .bind(headers)
-        .execute(&self.pool)
-        .await?;
-        self.wake.notify_one();
-        Ok(())
+    pub async fn record(&self, record: Record) -> Result<(), SendLogError> {
+        let (tx, rx) = oneshot::channel();
+        self.records
+            .send((record, tx))
+            .map_err(|_| SendLogError("stopped".into()))?;
+        rx.await.map_err(|_| SendLogError("stopped".into()))?
     }
+}
+
+/// Takes one request, then whatever else is already waiting, up to `BATCH`.
+async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+async fn lookup_batches(
+    pool: PgPool,
+    mut rx: mpsc::UnboundedReceiver<((Uuid, String), Reply<Option<Recorded>>)>,
+) {
+    while let Some(batch) = next_batch(&mut rx).await {
+        let (ids, recipients): (Vec<Uuid>, Vec<String>) =
+            batch.iter().map(|((e, r), _)| (*e, r.clone())).unzip();
+        let rows: Result<Vec<(Uuid, String, String, Option<String>)>, _> = sqlx::query_as(
+            // One primary-key probe per key (LATERAL with LIMIT cannot be flattened into a
+            // join): a join lets the planner pick a hash join over a scan of the whole,
+            // growing table, and a plan cached while the table was empty keeps doing that.
+            "SELECT s.event_id, s.recipient, s.outcome, s.detail
+             FROM UNNEST($1::uuid[], $2::text[]) AS k(e, r),
+                  LATERAL (SELECT event_id, recipient, outcome, detail FROM email_sends
+                           WHERE event_id = k.e AND recipient = k.r LIMIT 1) AS s",
+        )
+        .bind(&ids)
+        .bind(&recipients)
+        .fetch_all(&pool)
+        .await;
+        match rows {
+            Ok(rows) => {
+                let found: HashMap<(Uuid, String), Recorded> = rows
+                    .into_iter()
+                    .map(|(e, r, outcome, detail)| {
+                        let rec = match outcome.as_str() {
+                            "sent" => Recorded::Sent,
+                            _ => Recorded::Failed(detail.unwrap_or_default()),
+                        };
+                        ((e, r), rec)
+                    })
+                    .collect();
+                for (key, reply) in batch {
+                    let _ = reply.send(Ok(found.get(&key).cloned()));
+                }
+            }
+            Err(e) => {
+                let err = SendLogError(e.to_string());
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn record_batches(
+    pool: PgPool,
+    mut rx: mpsc::UnboundedReceiver<(Record, Reply<()>)>,
+    wake: Arc<Notify>,
+) {
+    while let Some(batch) = next_batch(&mut rx).await {
+        let result = write_records(&pool, &batch).await;
+        if result.is_ok() {
+            wake.notify_one();
+        }
+        for (_, reply) in batch {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+async fn write_records(pool: &PgPool, batch: &[(Record, Reply<()>)]) -> Result<(), SendLogError> {
+    let mut seen = HashSet::new();
+    let mut cols = RecordColumns::default();
+    for (r, _) in batch {
+        // A key twice in one batch (redelivery overlap) is written once.
+        if !seen.insert((r.event_id, r.recipient.as_str())) {
+            continue;
+        }
+        let (status, detail) = match &r.outcome {
+            Recorded::Sent => ("sent", None),
+            Recorded::Failed(reason) => ("failed", Some(reason.clone())),
+        };
+        cols.event_ids.push(r.event_id);
+        cols.recipients.push(r.recipient.clone());
+        cols.kinds.push(r.kind.to_owned());
+        cols.message_ids.push(r.message_id.clone());
+        cols.statuses.push(status.to_owned());
+        cols.details.push(detail);
+        cols.outcome_ids.push(r.event.event_id);
+        cols.topics.push(r.event.topic.clone());
+        cols.keys.push(r.event.key.clone());
+        cols.values.push(r.event.value.clone());
+        cols.headers.push(
+            serde_json::to_value(&r.event.headers).map_err(|e| SendLogError(e.to_string()))?,
+        );
+    }
+    sqlx::query(
+        "WITH rec AS (
+             INSERT INTO email_sends (event_id, recipient, kind, message_id, outcome, detail)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+             ON CONFLICT (event_id, recipient) DO NOTHING
+             RETURNING event_id, recipient
+         )
+         INSERT INTO outbox (event_id, topic, key, value, headers)
+         SELECT o.oid, o.topic, o.key, o.value, o.headers
+         FROM UNNEST($1::uuid[], $2::text[], $7::uuid[], $8::text[], $9::bytea[], $10::bytea[], $11::jsonb[])
+              AS o(eid, rcpt, oid, topic, key, value, headers)
+         JOIN rec ON rec.event_id = o.eid AND rec.recipient = o.rcpt",
+    )
+    .bind(&cols.event_ids)
+    .bind(&cols.recipients)
+    .bind(&cols.kinds)
+    .bind(&cols.message_ids)
+    .bind(&cols.statuses)
+    .bind(&cols.details)
+    .bind(&cols.outcome_ids)
+    .bind(&cols.topics)
+    .bind(&cols.keys)
+    .bind(&cols.values)
+    .bind(&cols.headers)
+    .execute(pool)
+    .await
+    .map_err(|e| SendLogError(e.to_string()))?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct RecordColumns {
+    event_ids: Vec<Uuid>,
+    recipients: Vec<String>,
+    kinds: Vec<String>,
+    message_ids: Vec<String>,
+    statuses: Vec<String>,
+    details: Vec<Option<String>>,
+    outcome_ids: Vec<Uuid>,
+    topics: Vec<String>,
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    headers: Vec<serde_json::Value>,
 }

@@ -210,6 +210,9 @@ pub async fn run_consumer<H: Handler>(
             )
             .set("auto.offset.reset", &config.offset_reset)
             .set("fetch.wait.max.ms", "100")
+            // librdkafka prefetches up to 64 MB per consumer by default; the lanes hold at
+            // most `max_in_flight` records anyway, so a few MB keep them fed.
+            .set("queued.max.messages.kbytes", "8192")
             .create_with_context(TrackingContext {
                 tracker: tracker.clone(),
                 name: config.name,

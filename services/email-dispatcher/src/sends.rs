@@ -71,7 +71,11 @@ impl SendLog {
         tidings_store::migrate_with(pool, Some(schema), &MIGRATOR).await
     }
 
-    pub async fn lookup(&self, event_id: Uuid, recipient: &str) -> Result<Option<Recorded>, SendLogError> {
+    pub async fn lookup(
+        &self,
+        event_id: Uuid,
+        recipient: &str,
+    ) -> Result<Option<Recorded>, SendLogError> {
         let (tx, rx) = oneshot::channel();
         self.lookups
             .send(((event_id, recipient.to_owned()), tx))
@@ -187,9 +191,8 @@ async fn write_records(pool: &PgPool, batch: &[(Record, Reply<()>)]) -> Result<(
         cols.topics.push(r.event.topic.clone());
         cols.keys.push(r.event.key.clone());
         cols.values.push(r.event.value.clone());
-        cols.headers.push(
-            serde_json::to_value(&r.event.headers).map_err(|e| SendLogError(e.to_string()))?,
-        );
+        cols.headers
+            .push(serde_json::to_value(&r.event.headers).map_err(|e| SendLogError(e.to_string()))?);
     }
     sqlx::query(
         "WITH rec AS (

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: the ticket service's write path against its anchor, in one run.
+# `make bench`, ticket part: the ticket service's write path against its anchor, in one run.
 #
 # 1. pgbench, 32 clients, a custom script with our transaction's shape: one event row and
 #    one outbox row (~600 B) into the same tables (same indexes) in a fresh schema.

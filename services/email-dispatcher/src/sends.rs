@@ -50,10 +50,14 @@ pub struct Record {
 pub struct SendLogError(String);
 
 type Reply<T> = oneshot::Sender<Result<T, SendLogError>>;
+/// (event id, recipient) and where the answer goes.
+type Lookup = ((Uuid, String), Reply<Option<Recorded>>);
+/// A stored send: event id, recipient, outcome, detail.
+type SendRow = (Uuid, String, String, Option<String>);
 
 #[derive(Clone)]
 pub struct SendLog {
-    lookups: mpsc::UnboundedSender<((Uuid, String), Reply<Option<Recorded>>)>,
+    lookups: mpsc::UnboundedSender<Lookup>,
     records: mpsc::UnboundedSender<(Record, Reply<()>)>,
 }
 
@@ -109,12 +113,12 @@ async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
 
 async fn lookup_batches(
     pool: PgPool,
-    mut rx: mpsc::UnboundedReceiver<((Uuid, String), Reply<Option<Recorded>>)>,
+    mut rx: mpsc::UnboundedReceiver<Lookup>,
 ) {
     while let Some(batch) = next_batch(&mut rx).await {
         let (ids, recipients): (Vec<Uuid>, Vec<String>) =
             batch.iter().map(|((e, r), _)| (*e, r.clone())).unzip();
-        let rows: Result<Vec<(Uuid, String, String, Option<String>)>, _> = sqlx::query_as(
+        let rows: Result<Vec<SendRow>, _> = sqlx::query_as(
             // One primary-key probe per key (LATERAL with LIMIT cannot be flattened into a
             // join): a join lets the planner pick a hash join over a scan of the whole,
             // growing table, and a plan cached while the table was empty keeps doing that.

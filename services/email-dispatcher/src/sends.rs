@@ -111,10 +111,7 @@ async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
     Some(batch)
 }
 
-async fn lookup_batches(
-    pool: PgPool,
-    mut rx: mpsc::UnboundedReceiver<Lookup>,
-) {
+async fn lookup_batches(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Lookup>) {
     while let Some(batch) = next_batch(&mut rx).await {
         let (ids, recipients): (Vec<Uuid>, Vec<String>) =
             batch.iter().map(|((e, r), _)| (*e, r.clone())).unzip();

@@ -42,8 +42,9 @@ the transaction id and a screenshot of the history page and we will escalate it 
 fn ticket(i: usize, args: &Args) -> Ticket {
     let now = Utc::now();
     let email = Email::parse(&format!("load-{i}@{}", args.domain)).expect("valid address");
-    let locale = Locale::parse(if i % 2 == 0 { "it" } else { "en" }).expect("valid locale");
-    let requester = if args.guest_every > 0 && i % args.guest_every == 0 {
+    let locale =
+        Locale::parse(if i.is_multiple_of(2) { "it" } else { "en" }).expect("valid locale");
+    let requester = if args.guest_every > 0 && i.is_multiple_of(args.guest_every) {
         Requester::Guest { email, locale }
     } else {
         Requester::Customer {

@@ -2,6 +2,7 @@
 //! the events that record what happened, and the pure `decide`/`apply` pair that turns one
 //! into the other. No I/O lives here; adapters translate to SQL, protobuf and Kafka.
 
+pub mod clock;
 mod ticket;
 mod types;
 mod update;

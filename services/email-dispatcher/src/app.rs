@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::handler::{AccessCodes, Dispatch, Links, TicketEvents};
 use crate::mailer::SmtpMailer;
-use crate::sends::SendLog;
+use tidings_delivery::{OutcomeEvents, SendLog};
+use tidings_proto::events::v1::Channel;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Application {
     admin_addr: Option<SocketAddr>,
@@ -31,7 +34,7 @@ impl Application {
         )
         .await
         .context("connecting to postgres")?;
-        SendLog::migrate(&pool, &config.db_schema)
+        tidings_store::migrate_with(&pool, Some(&config.db_schema), &MIGRATOR)
             .await
             .context("applying migrations")?;
         let topics: Vec<(String, i32)> = [
@@ -73,15 +76,18 @@ impl Application {
         let dispatch = Arc::new(Dispatch {
             message_id_domain: mailer.from_domain(),
             mailer,
-            sends: SendLog::new(pool, wake),
+            sends: SendLog::new(pool, "email_sends", wake),
             links: Links {
                 customer_url: config.customer_url.clone(),
                 guest_url: config.guest_url.clone(),
                 keys: config.keys.clone(),
             },
             sealer: config.sealer.clone(),
-            notification_topic: config.notification_topic.clone(),
-            ce_source: config.ce_source.clone(),
+            outcomes: OutcomeEvents {
+                topic: config.notification_topic.clone(),
+                source: config.ce_source.clone(),
+                channel: Channel::Email,
+            },
             retry: config.retry.clone(),
             shutdown: shutdown.clone(),
         });

@@ -9,7 +9,7 @@ use tidings_guest_access::{CodeSealer, Keyring};
 use tidings_kafka::KafkaSettings;
 use tidings_telemetry::config::{ConfigError, Env};
 
-use crate::handler::Retry;
+use tidings_delivery::Retry;
 
 #[derive(Clone)]
 pub struct Config {

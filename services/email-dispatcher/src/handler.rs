@@ -3,33 +3,23 @@
 //! the consumer loop of `tidings-kafka`, once per record, in order per ticket.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use prost::Message as _;
-use rand::Rng as _;
 use tidings_domain::TicketUpdate;
 use tidings_guest_access::{CodeSealer, Keyring};
-use tidings_kafka::{CloudEvent, Delivery, Handler, Unhandled};
+use tidings_kafka::{Delivery, Handler, Unhandled};
 use tidings_notify::{Audience, EmailKind, EmailPlan, plan_code_email, plan_email};
-use tidings_proto::events::v1::Channel;
-use tidings_proto::{DeliveryOutcome, notification_to_wire, update_from_wire};
+use tidings_proto::{DeliveryOutcome, update_from_wire};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::mailer::{Mailer, OutgoingEmail, SendError};
 use crate::render::{Content, Lang, render};
-use crate::sends::{OutcomeMessage, Record, Recorded, SendLog, SendLogError};
-
-/// Backoff for transient failures: exponential from `first` to `max`, with jitter, until
-/// `give_up_after` has passed since the first attempt.
-#[derive(Debug, Clone)]
-pub struct Retry {
-    pub first: Duration,
-    pub max: Duration,
-    pub give_up_after: Duration,
-}
+use tidings_delivery::{
+    Interrupted, OutcomeEvents, Record, Recorded, Retry, SendLog, SendLogError, pause, until_ok,
+};
 
 /// Where a reader continues: `{ticket_id}`, `{ticket_number}` and (guests) `{token}` are
 /// filled into the configured URL templates.
@@ -61,8 +51,7 @@ pub struct Dispatch<M> {
     pub sends: SendLog,
     pub links: Links,
     pub sealer: Arc<CodeSealer>,
-    pub notification_topic: String,
-    pub ce_source: String,
+    pub outcomes: OutcomeEvents,
     /// Right-hand side of Message-IDs (the sender's domain).
     pub message_id_domain: String,
     pub retry: Retry,
@@ -210,7 +199,9 @@ impl<M: Mailer> Dispatch<M> {
                 Err(Unhandled::DeadLetter(reason)),
             ),
         };
-        let event = self.outcome_message(update, plan.kind, recipient, &outcome, traceparent);
+        let event = self
+            .outcomes
+            .message(update, recipient, kind, &outcome, traceparent);
         let record = Record {
             event_id: update.event_id,
             recipient: recipient.to_owned(),
@@ -253,67 +244,20 @@ impl<M: Mailer> Dispatch<M> {
                     metrics::counter!("tidings_email_retries_total").increment(1);
                 }
             }
-            self.pause(&mut backoff).await?;
+            pause(&mut backoff, self.retry.max, &self.shutdown)
+                .await
+                .map_err(|Interrupted| Unhandled::Interrupted)?;
         }
     }
 
     /// Database trouble is never the record's fault: retry until it works or we stop.
-    async fn with_db_retry<T, F, Fut>(&self, mut op: F) -> Result<T, Unhandled>
+    async fn with_db_retry<T, F, Fut>(&self, op: F) -> Result<T, Unhandled>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, SendLogError>>,
     {
-        let mut backoff = self.retry.first;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => tracing::warn!(error = %e, "send log unavailable; retrying"),
-            }
-            self.pause(&mut backoff).await?;
-        }
-    }
-
-    async fn pause(&self, backoff: &mut Duration) -> Result<(), Unhandled> {
-        let ms = backoff.as_millis() as u64;
-        let wait = Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)));
-        tokio::select! {
-            _ = self.shutdown.cancelled() => return Err(Unhandled::Interrupted),
-            _ = tokio::time::sleep(wait) => {}
-        }
-        *backoff = (*backoff * 2).min(self.retry.max);
-        Ok(())
-    }
-
-    fn outcome_message(
-        &self,
-        update: &TicketUpdate,
-        kind: EmailKind,
-        recipient: &str,
-        outcome: &DeliveryOutcome,
-        traceparent: Option<&str>,
-    ) -> OutcomeMessage {
-        let now = Utc::now();
-        let wire =
-            notification_to_wire(update, Channel::Email, recipient, kind.name(), outcome, now);
-        let id = wire.event_id.clone();
-        let subject = update.ticket_id.to_string();
-        let tp = tidings_telemetry::trace_context::current(traceparent).to_string();
-        let headers = CloudEvent {
-            id: &id,
-            ce_type: outcome.cloudevent_type(),
-            source: &self.ce_source,
-            subject: &subject,
-            time: now,
-            content_type: "application/protobuf",
-            traceparent: Some(&tp),
-        }
-        .headers();
-        OutcomeMessage {
-            event_id: Uuid::parse_str(&id).unwrap_or_else(|_| Uuid::now_v7()),
-            topic: self.notification_topic.clone(),
-            key: subject.into_bytes(),
-            value: wire.encode_to_vec(),
-            headers,
-        }
+        until_ok(&self.retry, &self.shutdown, "send log", op)
+            .await
+            .map_err(|Interrupted| Unhandled::Interrupted)
     }
 }

@@ -7,7 +7,6 @@ pub mod config;
 pub mod handler;
 pub mod mailer;
 pub mod render;
-pub mod sends;
 
 pub use app::Application;
 pub use config::Config;

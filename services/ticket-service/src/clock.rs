@@ -1,37 +1,3 @@
-//! Time as a dependency, so code expiry and rate limits can be tested without sleeping.
+//! The clock lives in the domain crate (the dispatchers use it too).
 
-use std::sync::{Arc, Mutex};
-
-use chrono::{DateTime, Duration, Utc};
-
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Clone)]
-pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);
-
-impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> Self {
-        Self(Arc::new(Mutex::new(start)))
-    }
-    pub fn advance(&self, by: Duration) {
-        *self.0.lock().expect("clock lock") += by;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().expect("clock lock")
-    }
-}
+pub use tidings_domain::clock::{Clock, ManualClock, SystemClock};

@@ -1,10 +1,12 @@
-//! The record of what was mailed, in the dispatcher's own schema. A send is keyed by (event,
-//! recipient); its record and the outcome event for the notification-events topic are written
-//! in one statement, and the outbox relay publishes the latter.
+//! The record of what a dispatcher sent, in its own schema. A send is keyed by (event,
+//! recipient — an address, a device); its record and the outcome event for the
+//! notification-events topic are written in one statement, and the outbox relay publishes the
+//! latter. The table has the columns of `email_sends` in the email dispatcher's first
+//! migration; each dispatcher names its own.
 //!
 //! Lookups and records are batched: every lane awaits its own answer, but whatever the lanes
 //! ask while a query runs goes into the next query together. Under load that is one round
-//! trip and one commit for hundreds of emails; when idle, a single request goes out at once.
+//! trip and one commit for hundreds of sends; when idle, a single request goes out at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,8 +14,6 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Rows per statement, at most.
 const BATCH: usize = 500;
@@ -62,17 +62,14 @@ pub struct SendLog {
 }
 
 impl SendLog {
-    /// Starts the batching tasks; they end when every `SendLog` clone is dropped.
-    pub fn new(pool: PgPool, wake: Arc<Notify>) -> Self {
+    /// Starts the batching tasks over `table`; they end when every `SendLog` clone is
+    /// dropped. `wake` is signalled after outcome events were queued in the outbox.
+    pub fn new(pool: PgPool, table: &'static str, wake: Arc<Notify>) -> Self {
         let (lookups, lrx) = mpsc::unbounded_channel();
         let (records, rrx) = mpsc::unbounded_channel();
-        tokio::spawn(lookup_batches(pool.clone(), lrx));
-        tokio::spawn(record_batches(pool, rrx, wake));
+        tokio::spawn(lookup_batches(pool.clone(), table, lrx));
+        tokio::spawn(record_batches(pool, table, rrx, wake));
         Self { lookups, records }
-    }
-
-    pub async fn migrate(pool: &PgPool, schema: &str) -> Result<(), tidings_store::StoreError> {
-        tidings_store::migrate_with(pool, Some(schema), &MIGRATOR).await
     }
 
     pub async fn lookup(
@@ -111,23 +108,28 @@ async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
     Some(batch)
 }
 
-async fn lookup_batches(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Lookup>) {
+async fn lookup_batches(
+    pool: PgPool,
+    table: &'static str,
+    mut rx: mpsc::UnboundedReceiver<Lookup>,
+) {
     while let Some(batch) = next_batch(&mut rx).await {
         let (ids, recipients): (Vec<Uuid>, Vec<String>) =
             batch.iter().map(|((e, r), _)| (*e, r.clone())).unzip();
-        let rows: Result<Vec<SendRow>, _> = sqlx::query_as(
-            // One primary-key probe per key (LATERAL with LIMIT cannot be flattened into a
-            // join): a join lets the planner pick a hash join over a scan of the whole,
-            // growing table, and a plan cached while the table was empty keeps doing that.
+        // One primary-key probe per key (LATERAL with LIMIT cannot be flattened into a
+        // join): a join lets the planner pick a hash join over a scan of the whole, growing
+        // table, and a plan cached while the table was empty keeps doing that.
+        let sql = format!(
             "SELECT s.event_id, s.recipient, s.outcome, s.detail
              FROM UNNEST($1::uuid[], $2::text[]) AS k(e, r),
-                  LATERAL (SELECT event_id, recipient, outcome, detail FROM email_sends
-                           WHERE event_id = k.e AND recipient = k.r LIMIT 1) AS s",
-        )
-        .bind(&ids)
-        .bind(&recipients)
-        .fetch_all(&pool)
-        .await;
+                  LATERAL (SELECT event_id, recipient, outcome, detail FROM {table}
+                           WHERE event_id = k.e AND recipient = k.r LIMIT 1) AS s"
+        );
+        let rows: Result<Vec<SendRow>, _> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(&ids)
+            .bind(&recipients)
+            .fetch_all(&pool)
+            .await;
         match rows {
             Ok(rows) => {
                 let found: HashMap<(Uuid, String), Recorded> = rows
@@ -156,11 +158,12 @@ async fn lookup_batches(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Lookup>) {
 
 async fn record_batches(
     pool: PgPool,
+    table: &'static str,
     mut rx: mpsc::UnboundedReceiver<(Record, Reply<()>)>,
     wake: Arc<Notify>,
 ) {
     while let Some(batch) = next_batch(&mut rx).await {
-        let result = write_records(&pool, &batch).await;
+        let result = write_records(&pool, table, &batch).await;
         if result.is_ok() {
             wake.notify_one();
         }
@@ -170,7 +173,11 @@ async fn record_batches(
     }
 }
 
-async fn write_records(pool: &PgPool, batch: &[(Record, Reply<()>)]) -> Result<(), SendLogError> {
+async fn write_records(
+    pool: &PgPool,
+    table: &'static str,
+    batch: &[(Record, Reply<()>)],
+) -> Result<(), SendLogError> {
     let mut seen = HashSet::new();
     let mut cols = RecordColumns::default();
     for (r, _) in batch {
@@ -195,9 +202,10 @@ async fn write_records(pool: &PgPool, batch: &[(Record, Reply<()>)]) -> Result<(
         cols.headers
             .push(serde_json::to_value(&r.event.headers).map_err(|e| SendLogError(e.to_string()))?);
     }
-    sqlx::query(
+    // `table` is a name fixed at compile time by the dispatcher, never input.
+    let sql = format!(
         "WITH rec AS (
-             INSERT INTO email_sends (event_id, recipient, kind, message_id, outcome, detail)
+             INSERT INTO {table} (event_id, recipient, kind, message_id, outcome, detail)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
              ON CONFLICT (event_id, recipient) DO NOTHING
              RETURNING event_id, recipient
@@ -206,22 +214,23 @@ async fn write_records(pool: &PgPool, batch: &[(Record, Reply<()>)]) -> Result<(
          SELECT o.oid, o.topic, o.key, o.value, o.headers
          FROM UNNEST($1::uuid[], $2::text[], $7::uuid[], $8::text[], $9::bytea[], $10::bytea[], $11::jsonb[])
               AS o(eid, rcpt, oid, topic, key, value, headers)
-         JOIN rec ON rec.event_id = o.eid AND rec.recipient = o.rcpt",
-    )
-    .bind(&cols.event_ids)
-    .bind(&cols.recipients)
-    .bind(&cols.kinds)
-    .bind(&cols.message_ids)
-    .bind(&cols.statuses)
-    .bind(&cols.details)
-    .bind(&cols.outcome_ids)
-    .bind(&cols.topics)
-    .bind(&cols.keys)
-    .bind(&cols.values)
-    .bind(&cols.headers)
-    .execute(pool)
-    .await
-    .map_err(|e| SendLogError(e.to_string()))?;
+         JOIN rec ON rec.event_id = o.eid AND rec.recipient = o.rcpt"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&cols.event_ids)
+        .bind(&cols.recipients)
+        .bind(&cols.kinds)
+        .bind(&cols.message_ids)
+        .bind(&cols.statuses)
+        .bind(&cols.details)
+        .bind(&cols.outcome_ids)
+        .bind(&cols.topics)
+        .bind(&cols.keys)
+        .bind(&cols.values)
+        .bind(&cols.headers)
+        .execute(pool)
+        .await
+        .map_err(|e| SendLogError(e.to_string()))?;
     Ok(())
 }
 

@@ -3,5 +3,10 @@
 //! sending is the dispatchers' business.
 
 mod email;
+mod push;
 
 pub use email::{Audience, EmailKind, EmailPlan, SkipReason, plan_code_email, plan_email};
+pub use push::{
+    Device, Platform, Preferences, PushKind, PushPlan, QuietHours, When, plan_push, push_kind,
+    release_held,
+};

@@ -1,0 +1,382 @@
+//! Push: signed-in customers' devices hear about the support team's replies, requests for
+//! information and resolutions — as far as their preferences allow, and not during their
+//! quiet hours (those pushes are held to the end of the window). Guests never get push.
+
+use chrono::{DateTime, Duration, NaiveTime, TimeZone as _, Utc};
+use chrono_tz::Tz;
+use tidings_domain::{ActorKind, Change, Locale, Requester, TicketUpdate};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushKind {
+    AgentReplied,
+    InfoRequested,
+    Resolved,
+}
+
+impl PushKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PushKind::AgentReplied => "agent_replied",
+            PushKind::InfoRequested => "info_requested",
+            PushKind::Resolved => "resolved",
+        }
+    }
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "agent_replied" => Some(PushKind::AgentReplied),
+            "info_requested" => Some(PushKind::InfoRequested),
+            "resolved" => Some(PushKind::Resolved),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Platform {
+    /// APNs.
+    Ios,
+    /// FCM.
+    Android,
+}
+
+impl Platform {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+        }
+    }
+}
+
+/// A registered device of the requester's account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub id: uuid::Uuid,
+    pub platform: Platform,
+    pub token: String,
+    /// The app's bundle id (APNs topic) or package name.
+    pub app_id: String,
+    pub locale: Locale,
+}
+
+/// A daily window in the user's time zone; `start > end` crosses midnight (22:00–07:00).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuietHours {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+    pub time_zone: Tz,
+}
+
+impl QuietHours {
+    /// When the window that contains `now` ends, or `None` outside the window.
+    pub fn ends_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.start == self.end {
+            return None;
+        }
+        let local = now.with_timezone(&self.time_zone);
+        let t = local.time();
+        let inside = if self.start < self.end {
+            t >= self.start && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        };
+        if !inside {
+            return None;
+        }
+        let day = if self.start > self.end && t >= self.start {
+            local.date_naive() + Duration::days(1)
+        } else {
+            local.date_naive()
+        };
+        let end = day.and_time(self.end);
+        // A wall-clock time that a DST change skips is taken an hour later.
+        let resolved = self
+            .time_zone
+            .from_local_datetime(&end)
+            .earliest()
+            .or_else(|| {
+                self.time_zone
+                    .from_local_datetime(&(end + Duration::hours(1)))
+                    .earliest()
+            })?;
+        Some(resolved.with_timezone(&Utc))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preferences {
+    pub enabled: bool,
+    pub agent_replies: bool,
+    pub info_requests: bool,
+    pub resolutions: bool,
+    pub quiet_hours: Option<QuietHours>,
+}
+
+impl Default for Preferences {
+    /// Everything on, no quiet hours: what a user who never opened the settings gets.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            agent_replies: true,
+            info_requests: true,
+            resolutions: true,
+            quiet_hours: None,
+        }
+    }
+}
+
+impl Preferences {
+    pub fn allows(&self, kind: PushKind) -> bool {
+        self.enabled
+            && match kind {
+                PushKind::AgentReplied => self.agent_replies,
+                PushKind::InfoRequested => self.info_requests,
+                PushKind::Resolved => self.resolutions,
+            }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Now,
+    /// Quiet hours: hold until then.
+    HoldUntil(DateTime<Utc>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushPlan {
+    pub device: Device,
+    pub kind: PushKind,
+    pub when: When,
+}
+
+/// What kind of push an update is, if any.
+pub fn push_kind(u: &TicketUpdate) -> Option<PushKind> {
+    if !matches!(u.requester, Requester::Customer { .. }) {
+        return None;
+    }
+    match &u.change {
+        Change::ReplyAdded {
+            author: ActorKind::Agent,
+            ..
+        } => Some(PushKind::AgentReplied),
+        Change::InfoRequested { .. } => Some(PushKind::InfoRequested),
+        Change::Resolved { .. } => Some(PushKind::Resolved),
+        _ => None,
+    }
+}
+
+/// One push per registered device of the requester, if the update is one they hear about by
+/// push and their preferences allow it; held while their quiet hours last.
+pub fn plan_push(
+    u: &TicketUpdate,
+    devices: &[Device],
+    prefs: &Preferences,
+    now: DateTime<Utc>,
+) -> Vec<PushPlan> {
+    let Some(kind) = push_kind(u) else {
+        return vec![];
+    };
+    if !prefs.allows(kind) {
+        return vec![];
+    }
+    let when = match prefs.quiet_hours.as_ref().and_then(|q| q.ends_after(now)) {
+        Some(end) => When::HoldUntil(end),
+        None => When::Now,
+    };
+    devices
+        .iter()
+        .map(|d| PushPlan {
+            device: d.clone(),
+            kind,
+            when,
+        })
+        .collect()
+}
+
+/// At the end of quiet hours: a held push about a reply or a request for information is
+/// dropped if the ticket was resolved after it was held (the resolution, if the user allows
+/// those pushes, says everything that still matters); anything else is sent.
+pub fn release_held(kind: PushKind, resolved_since: bool) -> bool {
+    kind == PushKind::Resolved || !resolved_since
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_domain::{AccountId, Email, TicketId, TicketNumber};
+
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn customer() -> Requester {
+        Requester::Customer {
+            account_id: AccountId::parse("ann").unwrap(),
+            email: Email::parse("ann@example.com").unwrap(),
+            locale: Locale::parse("it").unwrap(),
+            display_name: None,
+        }
+    }
+
+    fn devices() -> Vec<Device> {
+        vec![
+            Device {
+                id: uuid::Uuid::now_v7(),
+                platform: Platform::Ios,
+                token: "a".repeat(64),
+                app_id: "com.example.app".into(),
+                locale: Locale::parse("it").unwrap(),
+            },
+            Device {
+                id: uuid::Uuid::now_v7(),
+                platform: Platform::Android,
+                token: "fcm-token".into(),
+                app_id: "com.example.app".into(),
+                locale: Locale::parse("en").unwrap(),
+            },
+        ]
+    }
+
+    /// Given a ticket filed by `requester`, when `actor` causes `change`.
+    fn update(requester: Requester, actor: ActorKind, change: Change) -> TicketUpdate {
+        TicketUpdate {
+            event_id: uuid::Uuid::now_v7(),
+            ticket_id: TicketId::new(),
+            ticket_number: TicketNumber::parse(12345).unwrap(),
+            sequence: 2,
+            occurred_at: Utc::now(),
+            requester,
+            actor,
+            actor_name: "Giulia".into(),
+            subject: "Withdrawal".into(),
+            change,
+        }
+    }
+
+    fn agent_reply() -> Change {
+        Change::ReplyAdded {
+            author: ActorKind::Agent,
+            excerpt: "hi".into(),
+        }
+    }
+
+    fn resolved() -> Change {
+        Change::Resolved {
+            note_excerpt: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_agent_reply_plans_one_push_per_device_now() {
+        let plans = plan_push(
+            &update(customer(), ActorKind::Agent, agent_reply()),
+            &devices(),
+            &Preferences::default(),
+            Utc::now(),
+        );
+        assert_eq!(plans.len(), 2);
+        assert!(
+            plans
+                .iter()
+                .all(|p| p.kind == PushKind::AgentReplied && p.when == When::Now)
+        );
+    }
+
+    #[test]
+    fn guests_never_get_push() {
+        let guest = Requester::Guest {
+            email: Email::parse("g@example.com").unwrap(),
+            locale: Locale::parse("en").unwrap(),
+        };
+        let u = update(guest, ActorKind::Agent, agent_reply());
+        assert!(plan_push(&u, &devices(), &Preferences::default(), Utc::now()).is_empty());
+    }
+
+    #[test]
+    fn the_customers_own_reply_and_opening_push_nothing() {
+        let own = Change::ReplyAdded {
+            author: ActorKind::Customer,
+            excerpt: "me".into(),
+        };
+        let opened = Change::Opened {
+            excerpt: "help".into(),
+        };
+        for change in [own, opened, Change::Reopened] {
+            let u = update(customer(), ActorKind::Customer, change);
+            assert!(plan_push(&u, &devices(), &Preferences::default(), Utc::now()).is_empty());
+        }
+    }
+
+    #[test]
+    fn replies_off_silences_replies_but_not_resolutions() {
+        let prefs = Preferences {
+            agent_replies: false,
+            ..Preferences::default()
+        };
+        let reply = update(customer(), ActorKind::Agent, agent_reply());
+        let done = update(customer(), ActorKind::Agent, resolved());
+        assert!(plan_push(&reply, &devices(), &prefs, Utc::now()).is_empty());
+        assert_eq!(plan_push(&done, &devices(), &prefs, Utc::now()).len(), 2);
+        let off = Preferences {
+            enabled: false,
+            ..Preferences::default()
+        };
+        assert!(plan_push(&done, &devices(), &off, Utc::now()).is_empty());
+    }
+
+    fn night_in_rome() -> QuietHours {
+        QuietHours {
+            start: NaiveTime::from_hms_opt(22, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(7, 0, 0).unwrap(),
+            time_zone: chrono_tz::Europe::Rome,
+        }
+    }
+
+    #[test]
+    fn during_quiet_hours_pushes_are_held_to_the_end_of_the_window() {
+        let prefs = Preferences {
+            quiet_hours: Some(night_in_rome()),
+            ..Preferences::default()
+        };
+        let u = update(customer(), ActorKind::Agent, agent_reply());
+        // 23:30 in Rome (CET, UTC+1) → held until 07:00 Rome = 06:00 UTC next day.
+        let plans = plan_push(&u, &devices(), &prefs, at("2026-11-25T22:30:00Z"));
+        assert!(
+            plans
+                .iter()
+                .all(|p| p.when == When::HoldUntil(at("2026-11-26T06:00:00Z")))
+        );
+        // 05:00 in Rome, the same window after midnight → 07:00 the same day.
+        let plans = plan_push(&u, &devices(), &prefs, at("2026-11-26T04:00:00Z"));
+        assert_eq!(plans[0].when, When::HoldUntil(at("2026-11-26T06:00:00Z")));
+        // 12:00 in Rome → now.
+        let plans = plan_push(&u, &devices(), &prefs, at("2026-11-26T11:00:00Z"));
+        assert_eq!(plans[0].when, When::Now);
+    }
+
+    #[test]
+    fn a_window_within_one_day_and_daylight_saving_time_are_respected() {
+        let lunch = QuietHours {
+            start: NaiveTime::from_hms_opt(12, 0, 0).unwrap(),
+            end: NaiveTime::from_hms_opt(14, 0, 0).unwrap(),
+            time_zone: chrono_tz::America::New_York,
+        };
+        // 13:00 in New York in July (EDT, UTC-4) → 14:00 EDT = 18:00 UTC.
+        assert_eq!(
+            lunch.ends_after(at("2026-07-01T17:00:00Z")),
+            Some(at("2026-07-01T18:00:00Z"))
+        );
+        assert_eq!(lunch.ends_after(at("2026-07-01T19:00:00Z")), None);
+    }
+
+    #[test]
+    fn held_replies_are_dropped_when_the_ticket_was_resolved_meanwhile() {
+        assert!(release_held(PushKind::AgentReplied, false));
+        assert!(!release_held(PushKind::AgentReplied, true));
+        assert!(!release_held(PushKind::InfoRequested, true));
+        assert!(release_held(PushKind::Resolved, true));
+    }
+}

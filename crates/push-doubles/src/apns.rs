@@ -134,6 +134,9 @@ impl Verifier {
     }
 }
 
+/// A header, what makes its value valid, and Apple's reason when it is not.
+type HeaderCheck = (&'static str, fn(&str) -> bool, &'static str);
+
 fn apple_error(status: u16, reason: &str) -> Reply {
     reply(
         status,
@@ -202,7 +205,7 @@ async fn handle(req: Request<Incoming>, verifier: &Verifier, state: &Shared) -> 
         status(403);
         return apple_error(403, reason);
     }
-    let checks: [(&str, fn(&str) -> bool, &str); 6] = [
+    let checks: [HeaderCheck; 6] = [
         ("apns-topic", |v| !v.is_empty(), "MissingTopic"),
         (
             "apns-push-type",

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 root.join("tidings/ticket/v1/ticket.proto"),
                 root.join("tidings/events/v1/ticket_event.proto"),
                 root.join("tidings/events/v1/notification_event.proto"),
+                root.join("tidings/push/v1/push.proto"),
             ],
             &[root],
         )?;

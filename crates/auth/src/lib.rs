@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tidings_domain::{AccountId, Actor, DisplayName, Email, Locale, TicketId};
 use tidings_guest_access::{GuestSession, Keyring, TokenError, is_session_token};
+use tidings_telemetry::config::Env;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -111,6 +112,55 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
+impl JwtSettings {
+    /// `TIDINGS_JWT_ALGORITHM` (HS256 | RS256 | ES256) with `TIDINGS_JWT_HS256_SECRET` or
+    /// `TIDINGS_JWT_PUBLIC_KEY_FILE`, `TIDINGS_JWT_ISSUER`, `TIDINGS_JWT_AUDIENCE`,
+    /// `TIDINGS_JWT_AGENT_ROLE`; problems are collected in `env`.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &mut Env<F>) -> Self {
+        let algorithm = env.string("TIDINGS_JWT_ALGORITHM", "HS256");
+        let key = match algorithm.as_str() {
+            "HS256" => match env.secret("TIDINGS_JWT_HS256_SECRET") {
+                Some(s) => Some(JwtKey::Hs256(s)),
+                None => {
+                    env.error(
+                        "TIDINGS_JWT_HS256_SECRET is required when TIDINGS_JWT_ALGORITHM=HS256",
+                    );
+                    None
+                }
+            },
+            "RS256" | "ES256" => match env
+                .raw("TIDINGS_JWT_PUBLIC_KEY_FILE")
+                .map(std::fs::read_to_string)
+            {
+                Some(Ok(pem)) if algorithm == "RS256" => Some(JwtKey::Rs256Pem(pem)),
+                Some(Ok(pem)) => Some(JwtKey::Es256Pem(pem)),
+                Some(Err(e)) => {
+                    env.error(format!("TIDINGS_JWT_PUBLIC_KEY_FILE: {e}"));
+                    None
+                }
+                None => {
+                    env.error(format!(
+                        "TIDINGS_JWT_PUBLIC_KEY_FILE is required when TIDINGS_JWT_ALGORITHM={algorithm}"
+                    ));
+                    None
+                }
+            },
+            other => {
+                env.error(format!(
+                    "TIDINGS_JWT_ALGORITHM={other:?}: expected HS256, RS256 or ES256"
+                ));
+                None
+            }
+        };
+        JwtSettings {
+            key: key.unwrap_or_else(|| JwtKey::Hs256(SecretString::from(String::new()))),
+            issuer: env.raw("TIDINGS_JWT_ISSUER"),
+            audience: env.raw("TIDINGS_JWT_AUDIENCE"),
+            agent_role: env.string("TIDINGS_JWT_AGENT_ROLE", "agent"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
     pub key: JwtKey,
@@ -124,7 +174,8 @@ pub struct Authenticator {
     decoding: DecodingKey,
     validation: Validation,
     agent_role: String,
-    guest_keys: Arc<Keyring>,
+    /// `None` where guest sessions are not accepted at all (the push dispatcher).
+    guest_keys: Option<Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -136,7 +187,7 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(settings: &JwtSettings, guest_keys: Arc<Keyring>) -> Result<Self, String> {
+    pub fn new(settings: &JwtSettings, guest_keys: Option<Arc<Keyring>>) -> Result<Self, String> {
         let (decoding, alg) = match &settings.key {
             JwtKey::Hs256(s) => (
                 DecodingKey::from_secret(s.expose_secret().as_bytes()),
@@ -185,7 +236,12 @@ impl Authenticator {
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::NotBearer)?;
         if is_session_token(token) {
-            return match self.guest_keys.verify_session(token, now) {
+            let Some(keys) = &self.guest_keys else {
+                return Err(AuthError::Invalid(
+                    "guest sessions are not accepted here".into(),
+                ));
+            };
+            return match keys.verify_session(token, now) {
                 Ok(GuestSession { ticket, email, .. }) => {
                     Ok(Some(Principal::Guest { ticket, email }))
                 }
@@ -267,7 +323,7 @@ mod tests {
                 audience: None,
                 agent_role: "agent".into(),
             },
-            keys(),
+            Some(keys()),
         )
         .unwrap()
     }
@@ -364,7 +420,7 @@ mod tests {
             audience: Some("tidings".into()),
             agent_role: "agent".into(),
         };
-        let a = Authenticator::new(&settings, keys()).unwrap();
+        let a = Authenticator::new(&settings, Some(keys())).unwrap();
         let good = Claims {
             iss: Some("https://idp.example".into()),
             aud: Some("tidings".into()),

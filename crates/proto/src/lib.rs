@@ -1,10 +1,16 @@
 //! Wire formats of Tidings and the one place that translates between them and the domain:
-//! gRPC messages (`ticket::v1`), the Kafka event contract (`events::v1`), and the table that
+//! gRPC messages (`ticket::v1`, `push::v1`), the Kafka event contract (`events::v1`), and the table that
 //! maps domain errors to gRPC status codes.
 
 pub mod ticket {
     pub mod v1 {
         tonic::include_proto!("tidings.ticket.v1");
+    }
+}
+
+pub mod push {
+    pub mod v1 {
+        tonic::include_proto!("tidings.push.v1");
     }
 }
 

@@ -89,6 +89,26 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
+    /// A required secret, parsed; a missing or unparsable one is reported with `hint`.
+    pub fn secret_with<T, E: std::fmt::Display>(
+        &mut self,
+        key: &str,
+        hint: &str,
+        parse: impl FnOnce(&SecretString) -> Result<T, E>,
+    ) -> Option<T> {
+        match self.secret(key).map(|s| parse(&s)) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(e)) => {
+                self.errors.push(format!("{key}: {e}"));
+                None
+            }
+            None => {
+                self.errors.push(format!("{key} is required ({hint})"));
+                None
+            }
+        }
+    }
+
     /// A listen address, or `None` when set to `off`.
     pub fn optional_addr(&mut self, key: &str, default: &str) -> Option<std::net::SocketAddr> {
         let raw = self.string(key, default);

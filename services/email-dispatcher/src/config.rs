@@ -123,33 +123,16 @@ impl Config {
         if !guest_url.contains("{token}") {
             env.error("TIDINGS_GUEST_TICKET_URL must contain {token} (the guest link)");
         }
-        let keys = match env.secret("TIDINGS_GUEST_KEYS").map(|s| Keyring::parse(&s)) {
-            Some(Ok(k)) => Some(k),
-            Some(Err(e)) => {
-                env.error(format!("TIDINGS_GUEST_KEYS: {e}"));
-                None
-            }
-            None => {
-                env.error("TIDINGS_GUEST_KEYS is required (the ticket service's, to mint links)");
-                None
-            }
-        };
-        let sealer = match env
-            .secret("TIDINGS_CODE_SEAL_KEY")
-            .map(|s| CodeSealer::parse(&s))
-        {
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => {
-                env.error(format!("TIDINGS_CODE_SEAL_KEY: {e}"));
-                None
-            }
-            None => {
-                env.error(
-                    "TIDINGS_CODE_SEAL_KEY is required (the ticket service's, to open codes)",
-                );
-                None
-            }
-        };
+        let keys = env.secret_with(
+            "TIDINGS_GUEST_KEYS",
+            "the ticket service's, to mint links",
+            Keyring::parse,
+        );
+        let sealer = env.secret_with(
+            "TIDINGS_CODE_SEAL_KEY",
+            "the ticket service's, to open codes",
+            CodeSealer::parse,
+        );
         let retry = Retry {
             first: Duration::from_millis(env.parse("TIDINGS_EMAIL_RETRY_FIRST_MS", 200u64)),
             max: Duration::from_millis(env.parse("TIDINGS_EMAIL_RETRY_MAX_MS", 30_000u64)),

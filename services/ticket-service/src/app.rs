@@ -58,7 +58,7 @@ impl Application {
         }
 
         let auth = Arc::new(
-            Authenticator::new(&config.jwt, config.guest.keys.clone())
+            Authenticator::new(&config.jwt, Some(config.guest.keys.clone()))
                 .map_err(|e| anyhow::anyhow!(e))?,
         );
         let outbox_wake = Arc::new(tokio::sync::Notify::new());

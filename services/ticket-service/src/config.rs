@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::SecretString;
-use tidings_auth::{JwtKey, JwtSettings};
+use tidings_auth::JwtSettings;
 use tidings_guest_access::{CodeSealer, Keyring};
 use tidings_kafka::KafkaSettings;
 use tidings_telemetry::config::{ConfigError, Env};
@@ -109,71 +108,18 @@ impl Config {
             env.error("TIDINGS_OUTBOX_BATCH_SIZE must be at least 1");
         }
 
-        let algorithm = env.string("TIDINGS_JWT_ALGORITHM", "HS256");
-        let key = match algorithm.as_str() {
-            "HS256" => match env.secret("TIDINGS_JWT_HS256_SECRET") {
-                Some(s) => Some(JwtKey::Hs256(s)),
-                None => {
-                    env.error(
-                        "TIDINGS_JWT_HS256_SECRET is required when TIDINGS_JWT_ALGORITHM=HS256",
-                    );
-                    None
-                }
-            },
-            "RS256" | "ES256" => match env
-                .raw("TIDINGS_JWT_PUBLIC_KEY_FILE")
-                .map(std::fs::read_to_string)
-            {
-                Some(Ok(pem)) if algorithm == "RS256" => Some(JwtKey::Rs256Pem(pem)),
-                Some(Ok(pem)) => Some(JwtKey::Es256Pem(pem)),
-                Some(Err(e)) => {
-                    env.error(format!("TIDINGS_JWT_PUBLIC_KEY_FILE: {e}"));
-                    None
-                }
-                None => {
-                    env.error(format!("TIDINGS_JWT_PUBLIC_KEY_FILE is required when TIDINGS_JWT_ALGORITHM={algorithm}"));
-                    None
-                }
-            },
-            other => {
-                env.error(format!(
-                    "TIDINGS_JWT_ALGORITHM={other:?}: expected HS256, RS256 or ES256"
-                ));
-                None
-            }
-        };
-        let jwt = JwtSettings {
-            key: key.unwrap_or_else(|| JwtKey::Hs256(SecretString::from(String::new()))),
-            issuer: env.raw("TIDINGS_JWT_ISSUER"),
-            audience: env.raw("TIDINGS_JWT_AUDIENCE"),
-            agent_role: env.string("TIDINGS_JWT_AGENT_ROLE", "agent"),
-        };
+        let jwt = JwtSettings::from_env(&mut env);
 
-        let keys = match env.secret("TIDINGS_GUEST_KEYS").map(|s| Keyring::parse(&s)) {
-            Some(Ok(k)) => Some(k),
-            Some(Err(e)) => {
-                env.error(format!("TIDINGS_GUEST_KEYS: {e}"));
-                None
-            }
-            None => {
-                env.error("TIDINGS_GUEST_KEYS is required (kid:base64 of >= 32 random bytes)");
-                None
-            }
-        };
-        let sealer = match env
-            .secret("TIDINGS_CODE_SEAL_KEY")
-            .map(|s| CodeSealer::parse(&s))
-        {
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => {
-                env.error(format!("TIDINGS_CODE_SEAL_KEY: {e}"));
-                None
-            }
-            None => {
-                env.error("TIDINGS_CODE_SEAL_KEY is required (base64 of 32 random bytes)");
-                None
-            }
-        };
+        let keys = env.secret_with(
+            "TIDINGS_GUEST_KEYS",
+            "kid:base64 of >= 32 random bytes",
+            Keyring::parse,
+        );
+        let sealer = env.secret_with(
+            "TIDINGS_CODE_SEAL_KEY",
+            "base64 of 32 random bytes",
+            CodeSealer::parse,
+        );
         let link_ttl = chrono::Duration::days(env.parse("TIDINGS_GUEST_LINK_TTL_DAYS", 30i64));
         let session_ttl =
             chrono::Duration::hours(env.parse("TIDINGS_GUEST_SESSION_TTL_HOURS", 24i64));

@@ -7,6 +7,6 @@ mod push;
 
 pub use email::{Audience, EmailKind, EmailPlan, SkipReason, plan_code_email, plan_email};
 pub use push::{
-    Device, Platform, Preferences, PushKind, PushPlan, QuietHours, When, plan_push, push_kind,
-    release_held,
+    Device, DeviceToken, FCM_TOKEN_MAX_CHARS, Platform, Preferences, PushKind, PushPlan,
+    QuietHours, When, parse_app_id, plan_push, push_kind, release_held,
 };

@@ -48,12 +48,63 @@ impl Platform {
     }
 }
 
+/// A device token as the provider issued it, checked for its platform: APNs tokens are 64 hex
+/// characters (kept lowercase), FCM registration tokens are opaque but printable and bounded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceToken(String);
+
+pub const FCM_TOKEN_MAX_CHARS: usize = 4096;
+
+impl DeviceToken {
+    pub fn parse(platform: Platform, raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        match platform {
+            Platform::Ios => {
+                if raw.len() == 64 && raw.chars().all(|c| c.is_ascii_hexdigit()) {
+                    Ok(Self(raw.to_ascii_lowercase()))
+                } else {
+                    Err("must be the 64 hexadecimal characters of an APNs device token".into())
+                }
+            }
+            Platform::Android => {
+                if raw.is_empty() {
+                    Err("must not be empty".into())
+                } else if raw.chars().count() > FCM_TOKEN_MAX_CHARS {
+                    Err(format!("must be at most {FCM_TOKEN_MAX_CHARS} characters"))
+                } else if !raw.chars().all(|c| c.is_ascii_graphic()) {
+                    Err("must be printable ASCII without spaces".into())
+                } else {
+                    Ok(Self(raw.to_owned()))
+                }
+            }
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An app's bundle id (the APNs topic) or Android package name.
+pub fn parse_app_id(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let ok = !raw.is_empty()
+        && raw.len() <= 255
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be a bundle id or package name such as com.example.app".into())
+    }
+}
+
 /// A registered device of the requester's account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     pub id: uuid::Uuid,
     pub platform: Platform,
-    pub token: String,
+    pub token: DeviceToken,
     /// The app's bundle id (APNs topic) or package name.
     pub app_id: String,
     pub locale: Locale,
@@ -226,14 +277,14 @@ mod tests {
             Device {
                 id: uuid::Uuid::now_v7(),
                 platform: Platform::Ios,
-                token: "a".repeat(64),
+                token: DeviceToken::parse(Platform::Ios, &"a".repeat(64)).unwrap(),
                 app_id: "com.example.app".into(),
                 locale: Locale::parse("it").unwrap(),
             },
             Device {
                 id: uuid::Uuid::now_v7(),
                 platform: Platform::Android,
-                token: "fcm-token".into(),
+                token: DeviceToken::parse(Platform::Android, "fcm-token").unwrap(),
                 app_id: "com.example.app".into(),
                 locale: Locale::parse("en").unwrap(),
             },
@@ -370,6 +421,23 @@ mod tests {
             Some(at("2026-07-01T18:00:00Z"))
         );
         assert_eq!(lunch.ends_after(at("2026-07-01T19:00:00Z")), None);
+    }
+
+    #[test]
+    fn device_tokens_are_checked_for_their_platform() {
+        let apns = "A1".repeat(32);
+        assert_eq!(
+            DeviceToken::parse(Platform::Ios, &apns).unwrap().as_str(),
+            apns.to_ascii_lowercase()
+        );
+        assert!(DeviceToken::parse(Platform::Ios, "abc").is_err());
+        assert!(DeviceToken::parse(Platform::Ios, &"g".repeat(64)).is_err());
+        assert!(DeviceToken::parse(Platform::Android, "dGhpcyBpcyBh:APA91b").is_ok());
+        assert!(DeviceToken::parse(Platform::Android, "").is_err());
+        assert!(DeviceToken::parse(Platform::Android, "has space").is_err());
+        assert!(DeviceToken::parse(Platform::Android, &"x".repeat(4097)).is_err());
+        assert!(parse_app_id("com.example.app").is_ok());
+        assert!(parse_app_id("com example").is_err());
     }
 
     #[test]

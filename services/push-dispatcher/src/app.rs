@@ -1,0 +1,227 @@
+//! Building and running the dispatcher: everything `main` does, reusable by tests in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tidings_auth::Authenticator;
+use tidings_delivery::{OutcomeEvents, SendLog};
+use tidings_domain::clock::Clock;
+use tidings_kafka::{ConsumerConfig, OutboxRelay, RelayConfig, ensure_topics, run_consumer};
+use tidings_proto::events::v1::Channel;
+use tidings_proto::push::v1::device_service_server::DeviceServiceServer;
+use tidings_proto::push::v1::preference_service_server::PreferenceServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::PushApi;
+use crate::apns::{ApnsClient, ApnsConfig};
+use crate::config::Config;
+use crate::fcm::{FcmClient, FcmConfig};
+use crate::handler::{Dispatch, TicketEvents, release_held_pushes};
+use crate::registry::Registry;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct Application {
+    grpc_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Validates the provider credentials, connects, migrates its own schema, creates the
+    /// topics it uses if missing, binds the gRPC port and starts consuming.
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let apns = ApnsClient::new(ApnsConfig {
+            base_url: &config.apns_url,
+            extra_ca: config.apns_ca_file.as_deref(),
+            key_file: &config.apns_key_file,
+            key_id: &config.apns_key_id,
+            team_id: &config.apns_team_id,
+            timeout: config.provider_timeout,
+        })?;
+        let fcm = FcmClient::new(FcmConfig {
+            base_url: &config.fcm_url,
+            extra_ca: config.fcm_ca_file.as_deref(),
+            service_account_file: &config.fcm_service_account_file,
+            timeout: config.provider_timeout,
+        })?;
+        let auth = Arc::new(Authenticator::new(&config.jwt, None).map_err(anyhow::Error::msg)?);
+
+        let pool = tidings_store::connect(
+            &config.database_url,
+            Some(&config.db_schema),
+            config.db_max_connections,
+        )
+        .await
+        .context("connecting to postgres")?;
+        tidings_store::migrate_with(&pool, Some(&config.db_schema), &MIGRATOR)
+            .await
+            .context("applying migrations")?;
+        let topics: Vec<(String, i32)> = [
+            &config.ticket_events_topic,
+            &config.notification_topic,
+            &config.dead_letter_topic,
+        ]
+        .into_iter()
+        .map(|t| (t.clone(), config.partitions))
+        .collect();
+        if let Err(e) = ensure_topics(&config.kafka, &topics, config.replication).await {
+            tracing::warn!(error = %e, "could not create topics now");
+        }
+
+        let shutdown = CancellationToken::new();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let relay = OutboxRelay::new(
+            pool.clone(),
+            config.kafka.clone(),
+            RelayConfig {
+                batch_size: 500,
+                poll_interval: config.outbox_poll,
+                message_timeout: config.message_timeout,
+                topics: vec![(config.notification_topic.clone(), config.partitions)],
+                replication: config.replication,
+                wake: wake.clone(),
+            },
+        )
+        .context("creating kafka producer")?;
+        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+
+        let registry = Registry::new(pool.clone());
+        let dispatch = Arc::new(Dispatch {
+            apns,
+            fcm,
+            registry: registry.clone(),
+            sends: SendLog::new(pool, "push_sends", wake),
+            outcomes: OutcomeEvents {
+                topic: config.notification_topic.clone(),
+                source: config.ce_source.clone(),
+                channel: Channel::Push,
+            },
+            clock: clock.clone(),
+            retry: config.retry.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let consumer = ConsumerConfig {
+            name: "push-ticket-events",
+            group_id: config.group_id.clone(),
+            topics: vec![config.ticket_events_topic.clone()],
+            lanes: config.lanes,
+            max_in_flight: config.max_in_flight,
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            commit_interval: config.commit_interval,
+            offset_reset: config.offset_reset.clone(),
+        };
+        {
+            let settings = config.kafka.clone();
+            let stop = shutdown.clone();
+            let handler = Arc::new(TicketEvents(dispatch.clone()));
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = run_consumer(&settings, consumer, handler, stop.clone()).await {
+                    tracing::error!(error = %e, "consumer failed; stopping the dispatcher");
+                    stop.cancel();
+                }
+            }));
+        }
+        tasks.push(tokio::spawn(release_held_pushes(
+            dispatch,
+            config.hold_poll,
+        )));
+
+        let api = PushApi {
+            registry,
+            auth,
+            clock,
+        };
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<DeviceServiceServer<PushApi>>()
+            .await;
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding {}", config.grpc_addr))?;
+        let grpc_addr = listener.local_addr()?;
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(DeviceServiceServer::new(api.clone()))
+                .add_service(PreferenceServiceServer::new(api))
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "grpc server ended with error");
+            }
+        }));
+
+        let admin_addr = match config.admin_addr {
+            Some(addr) => {
+                tidings_telemetry::metrics_handle();
+                let l = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding admin {addr}"))?;
+                let a = l.local_addr()?;
+                let stop = shutdown.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _ = tidings_telemetry::serve_admin(l, stop).await;
+                }));
+                Some(a)
+            }
+            None => None,
+        };
+        tracing::info!(grpc = %grpc_addr, admin = ?admin_addr, "push dispatcher running");
+        Ok(Self {
+            grpc_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until `signal`, then stops taking calls and records, lets handlers finish the
+    /// record they are on, commits what was handled, publishes pending outcomes — within
+    /// `grace`.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+        grace: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = signal => {},
+            _ = self.shutdown.cancelled() => {},
+        }
+        self.shutdown.cancel();
+        let drain = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "shutdown grace period elapsed; exiting anyway"
+            );
+        }
+        tracing::info!("push dispatcher stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,362 @@
+//! Turning ticket events into pushes: decode, plan (pure, `tidings-notify`) against the
+//! requester's devices and preferences, hold what falls in quiet hours, and deliver the rest
+//! — every device at once, each with its own retries, so a slow or failing provider never
+//! holds up the other platform. Invalid tokens remove the device.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidings_delivery::{
+    Interrupted, OutcomeEvents, Record, Recorded, Retry, SendLog, pause, until_ok,
+};
+use tidings_domain::clock::Clock;
+use tidings_domain::{Change, Requester, TicketUpdate};
+use tidings_kafka::{Delivery, Handler, Unhandled};
+use tidings_notify::{Device, Platform, PushKind, When, plan_push, push_kind, release_held};
+use tidings_proto::{DeliveryOutcome, update_from_wire};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::apns::ApnsClient;
+use crate::fcm::FcmClient;
+use crate::payload;
+use crate::registry::Registry;
+use crate::transport::{PushResult, Transport};
+
+/// A recorded failure that was the device's token: not a dead letter on redelivery.
+const INVALIDATED: &str = "invalidated: ";
+
+pub struct Dispatch<A = ApnsClient, F = FcmClient> {
+    pub apns: A,
+    pub fcm: F,
+    pub registry: Registry,
+    pub sends: SendLog,
+    pub outcomes: OutcomeEvents,
+    pub clock: Arc<dyn Clock>,
+    pub retry: Retry,
+    pub shutdown: CancellationToken,
+}
+
+pub struct TicketEvents<A, F>(pub Arc<Dispatch<A, F>>);
+
+impl<A: Transport, F: Transport> Handler for TicketEvents<A, F> {
+    async fn handle(&self, d: &Delivery) -> Result<(), Unhandled> {
+        let span = tidings_telemetry::trace_context::consumer_span(
+            "push.ticket_event",
+            d.header("traceparent"),
+        );
+        async {
+            let payload = d
+                .payload
+                .as_deref()
+                .ok_or_else(|| Unhandled::DeadLetter("empty record".into()))?;
+            let update = update_from_wire(payload)
+                .map_err(|e| Unhandled::DeadLetter(format!("undecodable event: {e}")))?;
+            self.0
+                .on_update(&update, payload, d.header("traceparent"))
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl<A: Transport, F: Transport> Dispatch<A, F> {
+    async fn db<T, E: std::fmt::Display, Fut>(
+        &self,
+        what: &str,
+        op: impl FnMut() -> Fut,
+    ) -> Result<T, Unhandled>
+    where
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        until_ok(&self.retry, &self.shutdown, what, op)
+            .await
+            .map_err(|Interrupted| Unhandled::Interrupted)
+    }
+
+    async fn on_update(
+        &self,
+        update: &TicketUpdate,
+        raw: &[u8],
+        traceparent: Option<&str>,
+    ) -> Result<(), Unhandled> {
+        if let Change::Resolved { .. } = update.change {
+            let (ticket, at) = (update.ticket_id.as_uuid(), update.occurred_at);
+            self.db("resolutions", || self.registry.mark_resolved(ticket, at))
+                .await?;
+        }
+        // Guests, and events nobody hears about by push, stop here.
+        let (Some(_), Requester::Customer { account_id, .. }) =
+            (push_kind(update), &update.requester)
+        else {
+            return Ok(());
+        };
+        let account = account_id.as_str().to_owned();
+        let (devices, prefs) = self
+            .db("device registry", || self.registry.recipient(&account))
+            .await?;
+        let now = self.clock.now();
+        let plans = plan_push(update, &devices, &prefs, now);
+        let results = futures::future::join_all(plans.into_iter().map(|plan| async move {
+            match plan.when {
+                When::Now => {
+                    self.deliver(update, &plan.device, plan.kind, traceparent)
+                        .await
+                }
+                When::HoldUntil(release_at) => {
+                    metrics::counter!("tidings_pushes_total", "outcome" => "held").increment(1);
+                    let (event, device, ticket) =
+                        (update.event_id, plan.device.id, update.ticket_id.as_uuid());
+                    self.db("held pushes", || {
+                        self.registry.hold(
+                            event,
+                            device,
+                            ticket,
+                            plan.kind,
+                            now,
+                            release_at,
+                            raw,
+                            traceparent,
+                        )
+                    })
+                    .await
+                }
+            }
+        }))
+        .await;
+        combine(results)
+    }
+
+    /// One push to one device, at most once per (event, device) however often it is asked.
+    pub async fn deliver(
+        &self,
+        update: &TicketUpdate,
+        device: &Device,
+        kind: PushKind,
+        traceparent: Option<&str>,
+    ) -> Result<(), Unhandled> {
+        let recipient = device.id.to_string();
+        let platform = device.platform.name();
+        match self
+            .db("send log", || {
+                self.sends.lookup(update.event_id, &recipient)
+            })
+            .await?
+        {
+            Some(Recorded::Sent) => {
+                metrics::counter!("tidings_pushes_total", "platform" => platform, "outcome" => "duplicate")
+                    .increment(1);
+                return Ok(());
+            }
+            Some(Recorded::Failed(reason)) if reason.starts_with(INVALIDATED) => return Ok(()),
+            Some(Recorded::Failed(reason)) => return Err(Unhandled::DeadLetter(reason)),
+            None => {}
+        }
+        let message = payload::build(update, device, kind, self.clock.now());
+        let started = Instant::now();
+        let result = self.send_with_retry(device, &message).await?;
+        metrics::histogram!("tidings_push_send_seconds", "platform" => platform)
+            .record(started.elapsed().as_secs_f64());
+        let (recorded, outcome, provider_id, verdict, label) = match result {
+            PushResult::Sent { id } => (
+                Recorded::Sent,
+                DeliveryOutcome::Sent {
+                    provider_message_id: id.clone(),
+                },
+                id,
+                Ok(()),
+                "sent",
+            ),
+            PushResult::Invalid { reason } => {
+                let id = device.id;
+                self.db("device registry", || self.registry.remove_device(id))
+                    .await?;
+                tracing::info!(device_id = %device.id, %reason, "device token invalid; device removed");
+                (
+                    Recorded::Failed(format!("{INVALIDATED}{reason}")),
+                    DeliveryOutcome::DeviceTokenInvalidated {
+                        platform: platform.to_owned(),
+                        reason,
+                    },
+                    String::new(),
+                    Ok(()),
+                    "invalidated",
+                )
+            }
+            PushResult::Rejected { reason } => (
+                Recorded::Failed(reason.clone()),
+                DeliveryOutcome::Failed {
+                    reason: reason.clone(),
+                    permanent: true,
+                },
+                String::new(),
+                Err(Unhandled::DeadLetter(reason)),
+                "failed",
+            ),
+            PushResult::Throttled { reason, .. } | PushResult::Transient { reason } => (
+                Recorded::Failed(reason.clone()),
+                DeliveryOutcome::Failed {
+                    reason: reason.clone(),
+                    permanent: false,
+                },
+                String::new(),
+                Err(Unhandled::DeadLetter(reason)),
+                "failed",
+            ),
+        };
+        let record = Record {
+            event_id: update.event_id,
+            recipient,
+            kind: kind.name(),
+            message_id: if provider_id.is_empty() {
+                message.id.to_string()
+            } else {
+                provider_id
+            },
+            outcome: recorded,
+            event: self.outcomes.message(
+                update,
+                &device.id.to_string(),
+                kind.name(),
+                &outcome,
+                traceparent,
+            ),
+        };
+        self.db("send log", || self.sends.record(record.clone()))
+            .await?;
+        metrics::counter!("tidings_pushes_total", "platform" => platform, "outcome" => label)
+            .increment(1);
+        verdict
+    }
+
+    /// Retries throttling (honouring Retry-After) and transient failures with backoff until
+    /// the give-up time; returns the last result otherwise.
+    async fn send_with_retry(
+        &self,
+        device: &Device,
+        message: &payload::PushMessage,
+    ) -> Result<PushResult, Unhandled> {
+        let first = Instant::now();
+        let mut backoff = self.retry.first;
+        loop {
+            let result = match device.platform {
+                Platform::Ios => self.apns.send(device, message).await,
+                Platform::Android => self.fcm.send(device, message).await,
+            };
+            let wait = match &result {
+                PushResult::Throttled {
+                    retry_after: Some(after),
+                    ..
+                } => Some(*after),
+                PushResult::Throttled { .. } | PushResult::Transient { .. } => None,
+                _ => return Ok(result),
+            };
+            let elapsed = first.elapsed();
+            if elapsed + wait.unwrap_or_default() >= self.retry.give_up_after {
+                return Ok(match result {
+                    PushResult::Throttled {
+                        reason,
+                        retry_after,
+                    } => PushResult::Throttled {
+                        reason: format!("gave up after {} s: {reason}", elapsed.as_secs()),
+                        retry_after,
+                    },
+                    PushResult::Transient { reason } => PushResult::Transient {
+                        reason: format!("gave up after {} s: {reason}", elapsed.as_secs()),
+                    },
+                    other => other,
+                });
+            }
+            metrics::counter!("tidings_push_retries_total", "platform" => device.platform.name())
+                .increment(1);
+            tracing::debug!(device_id = %device.id, ?result, "push retry");
+            match wait {
+                // The provider said when: not earlier (and no jitter below it).
+                Some(after) => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(Unhandled::Interrupted),
+                        _ = tokio::time::sleep(after) => {}
+                    }
+                }
+                None => pause(&mut backoff, self.retry.max, &self.shutdown)
+                    .await
+                    .map_err(|Interrupted| Unhandled::Interrupted)?,
+            }
+        }
+    }
+
+    /// Sends or drops the held pushes that are due; returns how many it looked at.
+    pub async fn release_due(&self) -> Result<usize, sqlx::Error> {
+        let due = self.registry.claim_due(self.clock.now(), 100).await?;
+        let n = due.len();
+        for held in due {
+            let outcome = async {
+                let update = match update_from_wire(&held.event) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "held push with an unreadable event; dropped");
+                        return Ok(());
+                    }
+                };
+                if !release_held(held.kind, held.resolved_since) {
+                    metrics::counter!("tidings_pushes_total", "outcome" => "dropped").increment(1);
+                    tracing::info!(ticket_id = %update.ticket_id, kind = held.kind.name(), "held push dropped: ticket resolved since");
+                    return Ok(());
+                }
+                match self.registry.device(held.device_id).await {
+                    Ok(Some(device)) => self.deliver(&update, &device, held.kind, held.traceparent.as_deref()).await,
+                    // Unregistered while the push was held.
+                    Ok(None) => Ok(()),
+                    Err(_) => Err(Unhandled::Interrupted),
+                }
+            }
+            .await;
+            match outcome {
+                // Interrupted: the claim lapses and it is tried again.
+                Err(Unhandled::Interrupted) => {}
+                Ok(()) | Err(Unhandled::DeadLetter(_)) => {
+                    self.registry.release(held.id).await?;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// One record's verdict from its devices': interrupted if any was, else dead-lettered (with
+/// every reason) if any was, else handled.
+fn combine(results: Vec<Result<(), Unhandled>>) -> Result<(), Unhandled> {
+    let mut reasons = Vec::new();
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(Unhandled::Interrupted) => return Err(Unhandled::Interrupted),
+            Err(Unhandled::DeadLetter(reason)) => reasons.push(reason),
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(Unhandled::DeadLetter(reasons.join("; ")))
+    }
+}
+
+/// Releases held pushes as their quiet hours end, until shutdown.
+pub async fn release_held_pushes<A: Transport, F: Transport>(
+    dispatch: Arc<Dispatch<A, F>>,
+    poll: Duration,
+) {
+    loop {
+        match dispatch.release_due().await {
+            // A full batch: there may be more due right away.
+            Ok(100) => continue,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "releasing held pushes failed"),
+        }
+        tokio::select! {
+            _ = dispatch.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}

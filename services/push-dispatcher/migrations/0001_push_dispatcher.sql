@@ -34,6 +34,8 @@ CREATE TABLE held_pushes (
     device_id   uuid        NOT NULL,
     ticket_id   uuid        NOT NULL,
     kind        text        NOT NULL,
+    -- The ticket event's per-ticket sequence: what happened after it is what has a higher one.
+    sequence    bigint      NOT NULL,
     held_at     timestamptz NOT NULL,
     release_at  timestamptz NOT NULL,
     event       bytea       NOT NULL,
@@ -42,10 +44,11 @@ CREATE TABLE held_pushes (
 );
 CREATE INDEX held_pushes_due ON held_pushes (release_at);
 
--- When each ticket was last resolved: a held reply of a ticket resolved since is dropped.
+-- The sequence of each ticket's latest resolution: a held reply of a ticket resolved since
+-- (a higher sequence) is dropped. Sequences, not clocks: they are the ticket's own order.
 CREATE TABLE resolutions (
-    ticket_id   uuid        PRIMARY KEY,
-    resolved_at timestamptz NOT NULL
+    ticket_id uuid   PRIMARY KEY,
+    sequence  bigint NOT NULL
 );
 
 -- What was pushed, keyed by (event, device): a redelivered event pushes nothing twice.

@@ -82,9 +82,11 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
         traceparent: Option<&str>,
     ) -> Result<(), Unhandled> {
         if let Change::Resolved { .. } = update.change {
-            let (ticket, at) = (update.ticket_id.as_uuid(), update.occurred_at);
-            self.db("resolutions", || self.registry.mark_resolved(ticket, at))
-                .await?;
+            let (ticket, sequence) = (update.ticket_id.as_uuid(), update.sequence);
+            self.db("resolutions", || {
+                self.registry.mark_resolved(ticket, sequence)
+            })
+            .await?;
         }
         // Guests, and events nobody hears about by push, stop here.
         let (Some(_), Requester::Customer { account_id, .. }) =
@@ -106,13 +108,18 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
                 }
                 When::HoldUntil(release_at) => {
                     metrics::counter!("tidings_pushes_total", "outcome" => "held").increment(1);
-                    let (event, device, ticket) =
-                        (update.event_id, plan.device.id, update.ticket_id.as_uuid());
+                    let (event, device, ticket, sequence) = (
+                        update.event_id,
+                        plan.device.id,
+                        update.ticket_id.as_uuid(),
+                        update.sequence,
+                    );
                     self.db("held pushes", || {
                         self.registry.hold(
                             event,
                             device,
                             ticket,
+                            sequence,
                             plan.kind,
                             now,
                             release_at,

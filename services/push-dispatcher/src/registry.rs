@@ -17,7 +17,6 @@ pub struct Held {
     pub event_id: Uuid,
     pub device_id: Uuid,
     pub kind: PushKind,
-    pub held_at: DateTime<Utc>,
     /// The ticket event (protobuf) it came from.
     pub event: Vec<u8>,
     pub traceparent: Option<String>,
@@ -221,18 +220,14 @@ impl Registry {
         Ok((devices, prefs))
     }
 
-    pub async fn mark_resolved(
-        &self,
-        ticket_id: Uuid,
-        at: DateTime<Utc>,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn mark_resolved(&self, ticket_id: Uuid, sequence: u64) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO resolutions (ticket_id, resolved_at) VALUES ($1, $2)
+            "INSERT INTO resolutions (ticket_id, sequence) VALUES ($1, $2)
              ON CONFLICT (ticket_id) DO UPDATE
-                 SET resolved_at = GREATEST(resolutions.resolved_at, EXCLUDED.resolved_at)",
+                 SET sequence = GREATEST(resolutions.sequence, EXCLUDED.sequence)",
         )
         .bind(ticket_id)
-        .bind(at)
+        .bind(sequence as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -245,6 +240,7 @@ impl Registry {
         event_id: Uuid,
         device_id: Uuid,
         ticket_id: Uuid,
+        sequence: u64,
         kind: PushKind,
         held_at: DateTime<Utc>,
         release_at: DateTime<Utc>,
@@ -252,13 +248,15 @@ impl Registry {
         traceparent: Option<&str>,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO held_pushes (event_id, device_id, ticket_id, kind, held_at, release_at, event, traceparent)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO held_pushes (event_id, device_id, ticket_id, sequence, kind, held_at,
+                                      release_at, event, traceparent)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (event_id, device_id) DO NOTHING",
         )
         .bind(event_id)
         .bind(device_id)
         .bind(ticket_id)
+        .bind(sequence as i64)
         .bind(kind.name())
         .bind(held_at)
         .bind(release_at)
@@ -284,8 +282,8 @@ impl Registry {
                               ORDER BY release_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
                  RETURNING *
              )
-             SELECT h.id, h.event_id, h.device_id, h.kind, h.held_at, h.event, h.traceparent,
-                    COALESCE(r.resolved_at > h.held_at, false) AS resolved_since
+             SELECT h.id, h.event_id, h.device_id, h.kind, h.event, h.traceparent,
+                    COALESCE(r.sequence > h.sequence, false) AS resolved_since
              FROM claimed h LEFT JOIN resolutions r ON r.ticket_id = h.ticket_id
              ORDER BY h.id",
         )
@@ -301,7 +299,6 @@ impl Registry {
                     event_id: r.get("event_id"),
                     device_id: r.get("device_id"),
                     kind: PushKind::parse(r.get("kind"))?,
-                    held_at: r.get("held_at"),
                     event: r.get("event"),
                     traceparent: r.get("traceparent"),
                     resolved_since: r.get("resolved_since"),

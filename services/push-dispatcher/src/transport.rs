@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::payload::PushMessage;
 use tidings_notify::Device;
@@ -98,6 +98,8 @@ pub fn https_client(
         builder.enable_all_versions().wrap_connector(http)
     };
     Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
         .http2_only(http2_only)
         // One connection carries many concurrent streams; keep it alive between bursts.
         .http2_keep_alive_interval(Some(Duration::from_secs(30)))

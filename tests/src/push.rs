@@ -1,0 +1,166 @@
+//! Push-side test helpers: the APNs and FCM doubles (real HTTP/2 + TLS from a fresh test CA)
+//! and the push dispatcher in-process against a test's topics, with a clock the test moves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use push_dispatcher::{Application, Config};
+use tidings_domain::clock::ManualClock;
+use tidings_proto::push::v1::device_service_client::DeviceServiceClient;
+use tidings_proto::push::v1::preference_service_client::PreferenceServiceClient;
+use tidings_push_doubles::{Doubles, Options};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::{JWT_SECRET, TestApp, database_url};
+
+pub struct PushStack {
+    pub doubles: Doubles,
+    pub app: Option<Application>,
+    pub grpc: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub clock: ManualClock,
+    pub schema: String,
+    pub notification_topic: String,
+    pub dead_letter_topic: String,
+    pub pool: sqlx::PgPool,
+}
+
+/// Starts the doubles and a push dispatcher consuming `app`'s ticket topic; `extra`
+/// overrides variables (e.g. a short give-up time).
+pub async fn spawn_push(app: &TestApp, extra: Vec<(&'static str, String)>) -> PushStack {
+    tidings_telemetry::init_tracing(false);
+    let id = Uuid::new_v4().simple().to_string();
+    let doubles = Doubles::start(Options {
+        apns_port: 0,
+        fcm_port: 0,
+        dir: std::env::temp_dir().join(format!("tidings-push-{id}")),
+        record: true,
+    })
+    .await
+    .expect("push doubles start");
+    let schema = format!("t_{id}");
+    let notification_topic = format!("{}.notifications", app.topic);
+    let dead_letter_topic = format!("{}.push-dlq", app.topic);
+    let mut vars: HashMap<&str, String> = [
+        ("DATABASE_URL", database_url()),
+        ("KAFKA_BROKERS", app.brokers.clone()),
+        ("TIDINGS_PUSH_DB_SCHEMA", schema.clone()),
+        ("TIDINGS_PUSH_DB_MAX_CONNECTIONS", "4".into()),
+        ("TIDINGS_PUSH_GRPC_ADDR", "127.0.0.1:0".into()),
+        ("TIDINGS_PUSH_ADMIN_ADDR", "127.0.0.1:0".into()),
+        ("TIDINGS_TICKET_EVENTS_TOPIC", app.topic.clone()),
+        (
+            "TIDINGS_NOTIFICATION_EVENTS_TOPIC",
+            notification_topic.clone(),
+        ),
+        ("TIDINGS_PUSH_DLQ_TOPIC", dead_letter_topic.clone()),
+        ("TIDINGS_PUSH_GROUP_ID", format!("test-push-{id}")),
+        ("TIDINGS_TOPIC_PARTITIONS", "3".into()),
+        ("TIDINGS_OUTBOX_POLL_MS", "200".into()),
+        ("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", "3000".into()),
+        ("TIDINGS_JWT_HS256_SECRET", JWT_SECRET.into()),
+        ("TIDINGS_APNS_URL", doubles.apns_url.clone()),
+        (
+            "TIDINGS_APNS_CA_FILE",
+            doubles.ca_file.display().to_string(),
+        ),
+        (
+            "TIDINGS_APNS_KEY_FILE",
+            doubles.apns_key_file.display().to_string(),
+        ),
+        ("TIDINGS_APNS_KEY_ID", doubles.apns_key_id.clone()),
+        ("TIDINGS_APNS_TEAM_ID", doubles.apns_team_id.clone()),
+        ("TIDINGS_FCM_URL", doubles.fcm_url.clone()),
+        ("TIDINGS_FCM_CA_FILE", doubles.ca_file.display().to_string()),
+        (
+            "TIDINGS_FCM_SERVICE_ACCOUNT_FILE",
+            doubles.fcm_service_account_file.display().to_string(),
+        ),
+        ("TIDINGS_PUSH_RETRY_FIRST_MS", "100".into()),
+        ("TIDINGS_PUSH_RETRY_MAX_MS", "500".into()),
+        ("TIDINGS_PUSH_HOLD_POLL_MS", "100".into()),
+    ]
+    .into_iter()
+    .collect();
+    for (k, v) in extra {
+        vars.insert(k, v);
+    }
+    let env = tidings_telemetry::config::Env::with_lookup(move |k| vars.get(k).cloned());
+    let config = Config::load(env).expect("test push configuration is valid");
+    let clock = ManualClock::new(chrono::Utc::now());
+    let app = Application::build(config, Arc::new(clock.clone()))
+        .await
+        .expect("push dispatcher starts");
+    let pool = tidings_store::connect(&database_url(), Some(&schema), 2)
+        .await
+        .expect("test pool");
+    PushStack {
+        grpc: app.grpc_addr(),
+        admin: app.admin_addr().expect("admin port"),
+        app: Some(app),
+        doubles,
+        clock,
+        schema,
+        notification_topic,
+        dead_letter_topic,
+        pool,
+    }
+}
+
+impl PushStack {
+    pub async fn devices(&self) -> DeviceServiceClient<Channel> {
+        DeviceServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("grpc connect")
+    }
+
+    pub async fn preferences(&self) -> PreferenceServiceClient<Channel> {
+        PreferenceServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("grpc connect")
+    }
+
+    /// A metric's value summed over the label sets whose line contains `labels`.
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let body = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(name))
+            .filter(|l| l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until the dispatcher has handled `n` ticket events.
+    pub async fn consumed(&self, n: usize, within: Duration) {
+        crate::eventually(within, &format!("{n} events consumed"), || async {
+            (self
+                .metric("tidings_consumed_total", "push-ticket-events")
+                .await
+                >= n as f64)
+                .then_some(())
+        })
+        .await;
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.run_until(async {}, Duration::from_secs(10))
+                .await
+                .expect("clean stop");
+        }
+    }
+}

@@ -7,7 +7,7 @@ cd "$ROOT"
 eval "$("$ROOT/deploy/dev/stack.sh" env)"
 set -a; . "$ROOT/deploy/dev/dev.env"; set +a
 
-cargo build --quiet -p ticket-service -p email-dispatcher -p tidings-cli
+cargo build --quiet -p ticket-service -p email-dispatcher -p push-dispatcher -p tidings-push-doubles -p tidings-cli
 BIN="$ROOT/target/debug"
 mkdir -p .dev
 pids=()
@@ -20,13 +20,26 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null && break;
 "$BIN/email-dispatcher" 2>&1 | sed -u 's/^/[email-dispatcher] /' &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9465) 2>/dev/null && break; sleep 0.2; done
+# The APNs/FCM doubles: a fresh test CA and keys each start, written for the dispatcher.
+rm -f .dev/push/push.env
+"$BIN/push-doubles" --dir .dev/push --apns-port 18443 --fcm-port 18444 2>&1 | sed -u 's/^/[push-doubles] /' &
+pids+=($!)
+for _ in $(seq 100); do [ -f .dev/push/push.env ] && break; sleep 0.2; done
+set -a; . .dev/push/push.env; set +a
+"$BIN/push-dispatcher" 2>&1 | sed -u 's/^/[push-dispatcher] /' &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50052) 2>/dev/null && break; sleep 0.2; done
 
 cat <<BANNER
 
   Tidings is running.
     gRPC (ticket + guest access, reflection, health)  127.0.0.1:50051
+    gRPC (push devices + preferences)                 127.0.0.1:50052
     metrics                                           http://127.0.0.1:9464/metrics (ticket service)
                                                       http://127.0.0.1:9465/metrics (email dispatcher)
+                                                      http://127.0.0.1:9466/metrics (push dispatcher)
+    pushes received (APNs / FCM doubles)              https://127.0.0.1:18443/pushes  https://127.0.0.1:18444/pushes
+                                                      (test CA: .dev/push/push-test-ca.pem; curl -k works too)
     email inbox (MailDev)                             $TIDINGS_TEST_MAILDEV
     Kafka (tansu)                                     $KAFKA_BROKERS  topic tidings.ticket-events.v1
     Postgres                                          $DATABASE_URL
@@ -40,6 +53,9 @@ cat <<BANNER
     tidings --token \$AGENT reply <ticket-id> --body "We are looking into it"
     tidings get <ticket-id>
     # ann@example.com now has two emails in the inbox above (in Italian: her locale is it)
+    tidings register-device --platform ios --device-token \$(printf 'ab%.0s' \$(seq 32)) --locale it
+    tidings --token \$AGENT reply <ticket-id> --body "Found it"
+    curl -sk https://127.0.0.1:18443/pushes    # the push, as the APNs double received it
 
   A guest (email only):
     TIDINGS_TOKEN= tidings open --subject "Cannot log in" --body "since yesterday" --guest-email guest@example.org --guest-locale en

@@ -25,6 +25,14 @@ struct Cli {
         global = true
     )]
     addr: String,
+    /// Push dispatcher gRPC address (devices and push preferences).
+    #[arg(
+        long,
+        env = "TIDINGS_PUSH_ADDR",
+        default_value = "http://127.0.0.1:50052",
+        global = true
+    )]
+    push_addr: String,
     /// Bearer token (a JWT, or a guest session token).
     #[arg(long, env = "TIDINGS_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -117,6 +125,34 @@ enum Cmd {
     RequestCode {
         #[arg(long, value_parser = link_token)]
         link: String,
+    },
+    /// As a signed-in customer: register a phone for push.
+    RegisterDevice {
+        /// ios (APNs) or android (FCM).
+        #[arg(long)]
+        platform: String,
+        /// The APNs device token or FCM registration token (`--token` is the bearer token).
+        #[arg(long)]
+        device_token: String,
+        #[arg(long, default_value = "com.tidings.app")]
+        app_id: String,
+        #[arg(long, default_value = "en")]
+        locale: String,
+    },
+    /// As a signed-in customer: list the registered devices.
+    Devices,
+    /// As a signed-in customer: show or change push preferences.
+    PushPrefs {
+        /// Turn push off altogether (`--on` turns it back on).
+        #[arg(long)]
+        off: bool,
+        #[arg(long, conflicts_with = "off")]
+        on: bool,
+        /// Quiet hours as HH:MM-HH:MM, with --time-zone.
+        #[arg(long, requires = "time_zone")]
+        quiet: Option<String>,
+        #[arg(long)]
+        time_zone: Option<String>,
     },
     /// As a guest: exchange the emailed code for a session token.
     VerifyCode {
@@ -380,6 +416,99 @@ async fn main() -> anyhow::Result<()> {
                     "code requested; it is emailed to the guest's address and expires at {}",
                     when(&r.code_expires_at)
                 );
+            }
+            Cmd::RegisterDevice {
+                platform,
+                device_token,
+                app_id,
+                locale,
+            } => {
+                use tidings_proto::push::v1 as pb;
+                let platform = match platform.as_str() {
+                    "ios" => pb::Platform::Ios,
+                    "android" => pb::Platform::Android,
+                    other => bail!("--platform {other}: expected ios or android"),
+                };
+                let r =
+                    pb::device_service_client::DeviceServiceClient::connect(cli.push_addr.clone())
+                        .await
+                        .with_context(|| format!("connecting to {}", cli.push_addr))?
+                        .register_device(authed(
+                            &token,
+                            pb::RegisterDeviceRequest {
+                                platform: platform as i32,
+                                token: device_token,
+                                app_id,
+                                locale,
+                            },
+                        )?)
+                        .await?
+                        .into_inner();
+                if let Some(d) = r.device {
+                    println!("device {} registered", d.device_id);
+                }
+            }
+            Cmd::Devices => {
+                use tidings_proto::push::v1 as pb;
+                let r =
+                    pb::device_service_client::DeviceServiceClient::connect(cli.push_addr.clone())
+                        .await
+                        .with_context(|| format!("connecting to {}", cli.push_addr))?
+                        .list_devices(authed(&token, pb::ListDevicesRequest {})?)
+                        .await?
+                        .into_inner();
+                for d in r.devices {
+                    let platform = if d.platform == pb::Platform::Ios as i32 {
+                        "ios"
+                    } else {
+                        "android"
+                    };
+                    println!(
+                        "{}  {platform:<7} {}  {}  {}",
+                        d.device_id, d.app_id, d.locale, d.token
+                    );
+                }
+            }
+            Cmd::PushPrefs {
+                off,
+                on,
+                quiet,
+                time_zone,
+            } => {
+                use tidings_proto::push::v1 as pb;
+                let mut c = pb::preference_service_client::PreferenceServiceClient::connect(
+                    cli.push_addr.clone(),
+                )
+                .await
+                .with_context(|| format!("connecting to {}", cli.push_addr))?;
+                let mut prefs = c
+                    .get_preferences(authed(&token, pb::GetPreferencesRequest {})?)
+                    .await?
+                    .into_inner();
+                if off || on || quiet.is_some() {
+                    if off || on {
+                        prefs.push_enabled = on;
+                    }
+                    if let (Some(q), Some(tz)) = (quiet, time_zone) {
+                        let (start, end) =
+                            q.split_once('-').context("--quiet: expected HH:MM-HH:MM")?;
+                        prefs.quiet_hours = Some(pb::QuietHours {
+                            start: start.into(),
+                            end: end.into(),
+                            time_zone: tz,
+                        });
+                    }
+                    prefs = c
+                        .update_preferences(authed(
+                            &token,
+                            pb::UpdatePreferencesRequest {
+                                preferences: Some(prefs),
+                            },
+                        )?)
+                        .await?
+                        .into_inner();
+                }
+                println!("{prefs:#?}");
             }
             Cmd::VerifyCode { link, code } => {
                 let mut g = GuestAccessServiceClient::connect(cli.addr.clone()).await?;

@@ -41,8 +41,8 @@ test: up ## start the stack, then run every test (unit + integration)
 	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) cargo nextest run --workspace --no-fail-fast
 
 .PHONY: bench
-bench: up ## benchmarks against the real stack (see README, Performance); BENCH=ticket|email for one
-	eval "$$($(STACK) env)"; for b in $${BENCH:-ticket email}; do bench/$$b.sh || exit 1; done
+bench: up ## benchmarks against the real stack (see README, Performance); BENCH=ticket|email|push for one
+	eval "$$($(STACK) env)"; for b in $${BENCH:-ticket email push}; do bench/$$b.sh || exit 1; done
 
 .PHONY: fmt
 fmt: ## format the code

@@ -83,6 +83,11 @@ pub struct ConsumerConfig {
     /// Where a group without committed offsets starts: `earliest` (nothing published before
     /// the first start is missed) or `latest` (a new deployment does not notify the past).
     pub offset_reset: String,
+    /// How long the broker may hold a fetch waiting for data. Apache Kafka answers as soon as
+    /// a record arrives, so a low value only adds idle fetches; tansu holds every fetch for
+    /// the whole wait, so it sits directly in the notification latency (100 ms: p50 160 ms
+    /// end to end; 5 ms: 12 ms).
+    pub fetch_wait: Duration,
 }
 
 /// Per-partition progress: which polled offsets are still being handled.
@@ -209,7 +214,10 @@ pub async fn run_consumer<H: Handler>(
                 config.commit_interval.as_millis().to_string(),
             )
             .set("auto.offset.reset", &config.offset_reset)
-            .set("fetch.wait.max.ms", "100")
+            .set(
+                "fetch.wait.max.ms",
+                config.fetch_wait.as_millis().to_string(),
+            )
             // librdkafka prefetches up to 64 MB per consumer by default; the lanes hold at
             // most `max_in_flight` records anyway, so a few MB keep them fed.
             .set("queued.max.messages.kbytes", "8192")

@@ -28,6 +28,7 @@ pub struct Config {
     pub lanes: usize,
     pub max_in_flight: usize,
     pub commit_interval: Duration,
+    pub fetch_wait: Duration,
     pub offset_reset: String,
     pub smtp_url: String,
     pub smtp_pool_size: u32,
@@ -96,6 +97,7 @@ impl Config {
         }
         let commit_interval =
             Duration::from_millis(env.parse("TIDINGS_EMAIL_COMMIT_INTERVAL_MS", 500u64));
+        let fetch_wait = Duration::from_millis(env.parse("TIDINGS_KAFKA_FETCH_WAIT_MS", 5u64));
         let offset_reset = env.string("TIDINGS_EMAIL_OFFSET_RESET", "earliest");
         if offset_reset != "earliest" && offset_reset != "latest" {
             env.error(format!(
@@ -162,6 +164,7 @@ impl Config {
             lanes,
             max_in_flight,
             commit_interval,
+            fetch_wait,
             offset_reset,
             smtp_url,
             smtp_pool_size,

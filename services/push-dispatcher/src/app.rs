@@ -114,6 +114,7 @@ impl Application {
             max_in_flight: config.max_in_flight,
             dead_letter_topic: config.dead_letter_topic.clone(),
             commit_interval: config.commit_interval,
+            fetch_wait: config.fetch_wait,
             offset_reset: config.offset_reset.clone(),
         };
         {

@@ -28,6 +28,7 @@ pub struct Config {
     pub lanes: usize,
     pub max_in_flight: usize,
     pub commit_interval: Duration,
+    pub fetch_wait: Duration,
     pub jwt: JwtSettings,
     pub apns_url: String,
     pub apns_ca_file: Option<PathBuf>,
@@ -104,6 +105,7 @@ impl Config {
         }
         let commit_interval =
             Duration::from_millis(env.parse("TIDINGS_PUSH_COMMIT_INTERVAL_MS", 500u64));
+        let fetch_wait = Duration::from_millis(env.parse("TIDINGS_KAFKA_FETCH_WAIT_MS", 5u64));
         let jwt = JwtSettings::from_env(&mut env);
         let apns_url = env.string("TIDINGS_APNS_URL", "https://api.push.apple.com");
         let apns_ca_file = env.raw("TIDINGS_APNS_CA_FILE").map(PathBuf::from);
@@ -155,6 +157,7 @@ impl Config {
             lanes,
             max_in_flight,
             commit_interval,
+            fetch_wait,
             jwt,
             apns_url,
             apns_ca_file,

@@ -70,8 +70,10 @@ fn token(secret: &str, sub: &str, agent: bool) -> String {
 
 fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
     r
 }
 
@@ -93,7 +95,10 @@ impl Service {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             if Instant::now() > deadline {
                 bail!("{} did not come up on port {port}", bin.display());
             }
@@ -118,7 +123,10 @@ impl Service {
 
     async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
         let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
     }
@@ -163,14 +171,23 @@ async fn main() -> anyhow::Result<()> {
             ("TIDINGS_PUSH_GRPC_ADDR", "127.0.0.1:50652".into()),
             ("TIDINGS_PUSH_ADMIN_ADDR", "127.0.0.1:19468".into()),
             ("TIDINGS_TICKET_EVENTS_TOPIC", topic.into()),
-            ("TIDINGS_NOTIFICATION_EVENTS_TOPIC", format!("{topic}.notifications")),
+            (
+                "TIDINGS_NOTIFICATION_EVENTS_TOPIC",
+                format!("{topic}.notifications"),
+            ),
             ("TIDINGS_PUSH_DLQ_TOPIC", format!("{topic}.push-dlq")),
             ("TIDINGS_PUSH_GROUP_ID", group.into()),
             ("TIDINGS_PUSH_LANES", lanes.to_string()),
             ("TIDINGS_JWT_HS256_SECRET", args.secret.clone()),
             ("TIDINGS_APNS_URL", doubles.apns_url.clone()),
-            ("TIDINGS_APNS_CA_FILE", doubles.ca_file.display().to_string()),
-            ("TIDINGS_APNS_KEY_FILE", doubles.apns_key_file.display().to_string()),
+            (
+                "TIDINGS_APNS_CA_FILE",
+                doubles.ca_file.display().to_string(),
+            ),
+            (
+                "TIDINGS_APNS_KEY_FILE",
+                doubles.apns_key_file.display().to_string(),
+            ),
             ("TIDINGS_APNS_KEY_ID", doubles.apns_key_id.clone()),
             ("TIDINGS_APNS_TEAM_ID", doubles.apns_team_id.clone()),
             ("TIDINGS_FCM_URL", doubles.fcm_url.clone()),
@@ -187,9 +204,19 @@ async fn main() -> anyhow::Result<()> {
     let dispatcher = args.bin_dir.join("push-dispatcher");
 
     // ---- 1. fan-out ----
-    eprintln!("registering {} users x {} devices", args.users, args.devices_per_user);
-    let setup = Service::start(dispatcher.clone(), &push_env("bench-setup", &topic, args.streams), 50652).await?;
-    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50652").connect().await?;
+    eprintln!(
+        "registering {} users x {} devices",
+        args.users, args.devices_per_user
+    );
+    let setup = Service::start(
+        dispatcher.clone(),
+        &push_env("bench-setup", &topic, args.streams),
+        50652,
+    )
+    .await?;
+    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50652")
+        .connect()
+        .await?;
     let registrations = futures::stream::iter(0..args.users).map(|u| {
         let mut c = pb::device_service_client::DeviceServiceClient::new(channel.clone());
         let t = token(&args.secret, &format!("load-{u}"), false);
@@ -220,7 +247,12 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("preloading {} events", args.events);
     let preload = Command::new(args.bin_dir.join("tidings-preload"))
         .args(["--brokers", &args.brokers, "--topic", &topic])
-        .args(["--count", &args.events.to_string(), "--tickets", &args.users.to_string()])
+        .args([
+            "--count",
+            &args.events.to_string(),
+            "--tickets",
+            &args.users.to_string(),
+        ])
         .args(["--guest-every", "0"])
         .stdout(Stdio::null())
         .status()
@@ -232,7 +264,12 @@ async fn main() -> anyhow::Result<()> {
     let before = doubles.accepted();
     // Each record fans out to every device of its user at once: lanes × devices ≈ streams.
     let lanes = (args.streams / args.devices_per_user.max(1)).max(1);
-    let run = Service::start(dispatcher.clone(), &push_env(&format!("bench-{stamp}"), &topic, lanes), 50652).await?;
+    let run = Service::start(
+        dispatcher.clone(),
+        &push_env(&format!("bench-{stamp}"), &topic, lanes),
+        50652,
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first = None;
     let last = loop {
@@ -244,7 +281,10 @@ async fn main() -> anyhow::Result<()> {
             break now;
         }
         if now > deadline {
-            bail!("only {} of {expected} pushes arrived", doubles.accepted() - before);
+            bail!(
+                "only {} of {expected} pushes arrived",
+                doubles.accepted() - before
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -258,14 +298,28 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&payload, sample.body.to_string())?;
     let provider_token = doubles.apns_provider_token()?;
     let mut h2 = Command::new("h2load");
-    h2.args(["-n", &expected.to_string(), "-c", "1", "-m", &args.streams.to_string()])
-        .args(["-d", &payload.display().to_string()])
-        .args(["-H", &format!("authorization: bearer {provider_token}")])
-        .args(["-H", &format!("apns-topic: {APP_ID}")])
-        .args(["-H", "apns-push-type: alert", "-H", "apns-priority: 10"])
-        .args(["-H", "content-type: application/json"])
-        .arg(format!("{}/3/device/{}", doubles.apns_url, device_token(0, 0)));
-    let out = h2.output().await.context("running h2load (Debian nghttp2-client)")?;
+    h2.args([
+        "-n",
+        &expected.to_string(),
+        "-c",
+        "1",
+        "-m",
+        &args.streams.to_string(),
+    ])
+    .args(["-d", &payload.display().to_string()])
+    .args(["-H", &format!("authorization: bearer {provider_token}")])
+    .args(["-H", &format!("apns-topic: {APP_ID}")])
+    .args(["-H", "apns-push-type: alert", "-H", "apns-priority: 10"])
+    .args(["-H", "content-type: application/json"])
+    .arg(format!(
+        "{}/3/device/{}",
+        doubles.apns_url,
+        device_token(0, 0)
+    ));
+    let out = h2
+        .output()
+        .await
+        .context("running h2load (Debian nghttp2-client)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let h2_rps: f64 = text
         .lines()
@@ -274,7 +328,8 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.trim().split(' ').next())
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("cannot read h2load's output:\n{text}"))?;
-    let h2_ok = text.contains(&format!("{expected} succeeded")) || text.contains(&format!("{expected} 2xx"));
+    let h2_ok = text.contains(&format!("{expected} succeeded"))
+        || text.contains(&format!("{expected} 2xx"));
 
     // ---- 2. end to end ----
     let e2e_topic = format!("bench.push-e2e.{stamp}");
@@ -289,16 +344,32 @@ async fn main() -> anyhow::Result<()> {
         ("TIDINGS_TICKET_EVENTS_TOPIC", e2e_topic.clone()),
         ("TIDINGS_ACCESS_CODES_TOPIC", format!("{e2e_topic}.codes")),
         ("TIDINGS_JWT_HS256_SECRET", args.secret.clone()),
-        ("TIDINGS_GUEST_KEYS", std::env::var("TIDINGS_GUEST_KEYS").unwrap_or_default()),
-        ("TIDINGS_CODE_SEAL_KEY", std::env::var("TIDINGS_CODE_SEAL_KEY").unwrap_or_default()),
+        (
+            "TIDINGS_GUEST_KEYS",
+            std::env::var("TIDINGS_GUEST_KEYS").unwrap_or_default(),
+        ),
+        (
+            "TIDINGS_CODE_SEAL_KEY",
+            std::env::var("TIDINGS_CODE_SEAL_KEY").unwrap_or_default(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let ticket_service = Service::start(args.bin_dir.join("ticket-service"), &ts_env, 50651).await?;
-    let e2e_dispatcher = Service::start(dispatcher, &push_env(&format!("bench-e2e-{stamp}"), &e2e_topic, args.streams), 50652).await?;
-    let push_channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50652").connect().await?;
-    let ts_channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50651").connect().await?;
+    let ticket_service =
+        Service::start(args.bin_dir.join("ticket-service"), &ts_env, 50651).await?;
+    let e2e_dispatcher = Service::start(
+        dispatcher,
+        &push_env(&format!("bench-e2e-{stamp}"), &e2e_topic, args.streams),
+        50652,
+    )
+    .await?;
+    let push_channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50652")
+        .connect()
+        .await?;
+    let ts_channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50651")
+        .connect()
+        .await?;
     // One customer, one device and one open ticket per reply.
     let tickets: Vec<(usize, String)> = futures::stream::iter(0..replies)
         .map(|i| {

@@ -90,6 +90,74 @@ pub struct ConsumerConfig {
     pub fetch_wait: Duration,
 }
 
+/// A dispatcher's consumer tuning, from `<prefix>_GROUP_ID`, `<prefix>_OFFSET_RESET`,
+/// `<prefix>_LANES`, `<prefix>_MAX_IN_FLIGHT`, `<prefix>_COMMIT_INTERVAL_MS` and the shared
+/// `TIDINGS_KAFKA_FETCH_WAIT_MS`.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub group_id: String,
+    pub offset_reset: String,
+    pub lanes: usize,
+    pub max_in_flight: usize,
+    pub commit_interval: Duration,
+    pub fetch_wait: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &mut tidings_telemetry::config::Env<F>,
+        prefix: &str,
+        default_group: &str,
+    ) -> Self {
+        let key = |k: &str| format!("{prefix}_{k}");
+        let offset_reset = env.string(&key("OFFSET_RESET"), "earliest");
+        if offset_reset != "earliest" && offset_reset != "latest" {
+            env.error(format!(
+                "{}={offset_reset:?}: expected earliest or latest",
+                key("OFFSET_RESET")
+            ));
+        }
+        let lanes = env.parse(&key("LANES"), 64usize);
+        let max_in_flight = env.parse(&key("MAX_IN_FLIGHT"), 2000usize);
+        if lanes == 0 || max_in_flight == 0 {
+            env.error(format!(
+                "{} and {} must be at least 1",
+                key("LANES"),
+                key("MAX_IN_FLIGHT")
+            ));
+        }
+        Self {
+            group_id: env.string(&key("GROUP_ID"), default_group),
+            offset_reset,
+            lanes,
+            max_in_flight,
+            commit_interval: Duration::from_millis(env.parse(&key("COMMIT_INTERVAL_MS"), 500u64)),
+            fetch_wait: Duration::from_millis(env.parse("TIDINGS_KAFKA_FETCH_WAIT_MS", 5u64)),
+        }
+    }
+
+    /// A loop over `topics` in `group_id` (the settings' group unless given).
+    pub fn consumer(
+        &self,
+        name: &'static str,
+        group_id: Option<String>,
+        topics: Vec<String>,
+        dead_letter_topic: &str,
+    ) -> ConsumerConfig {
+        ConsumerConfig {
+            name,
+            group_id: group_id.unwrap_or_else(|| self.group_id.clone()),
+            topics,
+            lanes: self.lanes,
+            max_in_flight: self.max_in_flight,
+            dead_letter_topic: dead_letter_topic.to_owned(),
+            commit_interval: self.commit_interval,
+            offset_reset: self.offset_reset.clone(),
+            fetch_wait: self.fetch_wait,
+        }
+    }
+}
+
 /// Per-partition progress: which polled offsets are still being handled.
 #[derive(Default)]
 struct Progress {

@@ -5,7 +5,7 @@
 mod consumer;
 mod relay;
 
-pub use consumer::{ConsumerConfig, Delivery, Handler, Unhandled, run_consumer};
+pub use consumer::{ConsumerConfig, ConsumerSettings, Delivery, Handler, Unhandled, run_consumer};
 pub use relay::{OutboxRelay, RelayConfig};
 
 use std::time::Duration;
@@ -17,6 +17,27 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
+use tidings_telemetry::config::Env;
+
+/// How topics are created when missing: `TIDINGS_TOPIC_PARTITIONS`, `TIDINGS_TOPIC_REPLICATION`.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSettings {
+    pub partitions: i32,
+    pub replication: i32,
+}
+
+impl TopicSettings {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &mut Env<F>) -> Self {
+        let partitions = env.parse("TIDINGS_TOPIC_PARTITIONS", 6i32);
+        if partitions < 1 {
+            env.error("TIDINGS_TOPIC_PARTITIONS must be at least 1");
+        }
+        Self {
+            partitions,
+            replication: env.parse("TIDINGS_TOPIC_REPLICATION", 1i32),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -38,6 +59,14 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// `KAFKA_BROKERS` and `TIDINGS_KAFKA_PROPERTIES` (`key=value;…` for librdkafka).
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &mut Env<F>) -> Self {
+        Self {
+            brokers: env.required("KAFKA_BROKERS"),
+            extra: env.kv_list("TIDINGS_KAFKA_PROPERTIES"),
+        }
+    }
+
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);

@@ -149,6 +149,65 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// What every service reads the same way: log format, span export, shutdown grace.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub log_json: bool,
+    pub otlp_endpoint: Option<String>,
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl RuntimeSettings {
+    /// `TIDINGS_LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `TIDINGS_SHUTDOWN_GRACE_SECS`.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &mut config::Env<F>) -> Self {
+        Self {
+            log_json: env.log_json(),
+            otlp_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            shutdown_grace: std::time::Duration::from_secs(
+                env.parse("TIDINGS_SHUTDOWN_GRACE_SECS", 10u64),
+            ),
+        }
+    }
+}
+
+/// Binds the admin endpoint if `addr` is set and serves it until `shutdown`.
+pub async fn spawn_admin(
+    addr: Option<std::net::SocketAddr>,
+    shutdown: CancellationToken,
+) -> std::io::Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>> {
+    let Some(addr) = addr else { return Ok(None) };
+    metrics_handle();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = serve_admin(listener, shutdown).await {
+            tracing::warn!(error = %e, "admin endpoint ended with error");
+        }
+    });
+    Ok(Some((bound, task)))
+}
+
+/// Waits for a stopping service's tasks, at most `grace`.
+pub async fn join_within(
+    service: &str,
+    grace: std::time::Duration,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) {
+    let drain = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(
+            service,
+            grace_secs = grace.as_secs(),
+            "shutdown grace period elapsed; exiting anyway"
+        );
+    }
+    tracing::info!(service, "stopped");
+}
+
 /// Serves `GET /metrics` (Prometheus text) and `GET /healthz` until `shutdown`.
 pub async fn serve_admin(
     listener: tokio::net::TcpListener,

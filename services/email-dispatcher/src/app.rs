@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tidings_kafka::{ConsumerConfig, OutboxRelay, RelayConfig, ensure_topics, run_consumer};
-use tokio::net::TcpListener;
+use tidings_kafka::{OutboxRelay, RelayConfig, ensure_topics, run_consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -44,9 +43,9 @@ impl Application {
             &config.dead_letter_topic,
         ]
         .into_iter()
-        .map(|t| (t.clone(), config.partitions))
+        .map(|t| (t.clone(), config.topics.partitions))
         .collect();
-        if let Err(e) = ensure_topics(&config.kafka, &topics, config.replication).await {
+        if let Err(e) = ensure_topics(&config.kafka, &topics, config.topics.replication).await {
             tracing::warn!(error = %e, "could not create topics now");
         }
 
@@ -59,8 +58,8 @@ impl Application {
                 batch_size: 500,
                 poll_interval: config.outbox_poll,
                 message_timeout: config.message_timeout,
-                topics: vec![(config.notification_topic.clone(), config.partitions)],
-                replication: config.replication,
+                topics: vec![(config.notification_topic.clone(), config.topics.partitions)],
+                replication: config.topics.replication,
                 wake: wake.clone(),
             },
         )
@@ -91,27 +90,19 @@ impl Application {
             retry: config.retry.clone(),
             shutdown: shutdown.clone(),
         });
-        let consumer = |name: &'static str, group: String, topic: &String| ConsumerConfig {
-            name,
-            group_id: group,
-            topics: vec![topic.clone()],
-            lanes: config.lanes,
-            max_in_flight: config.max_in_flight,
-            dead_letter_topic: config.dead_letter_topic.clone(),
-            commit_interval: config.commit_interval,
-            fetch_wait: config.fetch_wait,
-            offset_reset: config.offset_reset.clone(),
-        };
-        let events = consumer(
+        let dlq = &config.dead_letter_topic;
+        let events = config.consumer.consumer(
             "ticket-events",
-            config.group_id.clone(),
-            &config.ticket_events_topic,
+            None,
+            vec![config.ticket_events_topic.clone()],
+            dlq,
         );
         // Codes have their own group and loop: never behind a backlog of notifications.
-        let codes = consumer(
+        let codes = config.consumer.consumer(
             "access-codes",
-            format!("{}.codes", config.group_id),
-            &config.access_codes_topic,
+            Some(format!("{}.codes", config.consumer.group_id)),
+            vec![config.access_codes_topic.clone()],
+            dlq,
         );
         for (cfg, handler) in [(events, 0), (codes, 1)] {
             let settings = config.kafka.clone();
@@ -131,21 +122,11 @@ impl Application {
             }));
         }
 
-        let admin_addr = match config.admin_addr {
-            Some(addr) => {
-                tidings_telemetry::metrics_handle();
-                let l = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding admin {addr}"))?;
-                let a = l.local_addr()?;
-                let stop = shutdown.clone();
-                tasks.push(tokio::spawn(async move {
-                    let _ = tidings_telemetry::serve_admin(l, stop).await;
-                }));
-                Some(a)
-            }
-            None => None,
-        };
+        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
+            .await
+            .context("binding the admin endpoint")?;
+        let admin_addr = admin.as_ref().map(|(a, _)| *a);
+        tasks.extend(admin.map(|(_, t)| t));
         tracing::info!(admin = ?admin_addr, smtp_pool = config.smtp_pool_size, "email dispatcher running");
         Ok(Self {
             admin_addr,
@@ -174,20 +155,7 @@ impl Application {
             _ = self.shutdown.cancelled() => {},
         }
         self.shutdown.cancel();
-        let drain = futures_join(self.tasks);
-        if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "shutdown grace period elapsed; exiting anyway"
-            );
-        }
-        tracing::info!("email dispatcher stopped");
+        tidings_telemetry::join_within("email dispatcher", grace, self.tasks).await;
         Ok(())
-    }
-}
-
-async fn futures_join(tasks: Vec<JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidings_guest_access::{CodeSealer, Keyring};
-use tidings_kafka::KafkaSettings;
+use tidings_kafka::{ConsumerSettings, KafkaSettings, TopicSettings};
+use tidings_telemetry::RuntimeSettings;
 use tidings_telemetry::config::{ConfigError, Env};
 
 use tidings_delivery::Retry;
@@ -22,14 +23,8 @@ pub struct Config {
     pub access_codes_topic: String,
     pub notification_topic: String,
     pub dead_letter_topic: String,
-    pub partitions: i32,
-    pub replication: i32,
-    pub group_id: String,
-    pub lanes: usize,
-    pub max_in_flight: usize,
-    pub commit_interval: Duration,
-    pub fetch_wait: Duration,
-    pub offset_reset: String,
+    pub topics: TopicSettings,
+    pub consumer: ConsumerSettings,
     pub smtp_url: String,
     pub smtp_pool_size: u32,
     pub smtp_timeout: Duration,
@@ -41,9 +36,7 @@ pub struct Config {
     pub retry: Retry,
     pub outbox_poll: Duration,
     pub message_timeout: Duration,
-    pub log_json: bool,
-    pub otlp_endpoint: Option<String>,
-    pub shutdown_grace: Duration,
+    pub runtime: RuntimeSettings,
     pub ce_source: String,
 }
 
@@ -52,7 +45,7 @@ impl std::fmt::Debug for Config {
         // The SMTP URL may carry a password; the keys are secrets.
         f.debug_struct("Config")
             .field("db_schema", &self.db_schema)
-            .field("group_id", &self.group_id)
+            .field("group_id", &self.consumer.group_id)
             .field("ticket_events_topic", &self.ticket_events_topic)
             .finish_non_exhaustive()
     }
@@ -70,8 +63,7 @@ impl Config {
             .schema("TIDINGS_EMAIL_DB_SCHEMA")
             .unwrap_or_else(|| "tidings_email".into());
         let db_max_connections = env.parse("TIDINGS_EMAIL_DB_MAX_CONNECTIONS", 16u32);
-        let brokers = env.required("KAFKA_BROKERS");
-        let extra = env.kv_list("TIDINGS_KAFKA_PROPERTIES");
+        let kafka = KafkaSettings::from_env(&mut env);
         let ticket_events_topic =
             env.string("TIDINGS_TICKET_EVENTS_TOPIC", "tidings.ticket-events.v1");
         let access_codes_topic = env.string(
@@ -84,26 +76,9 @@ impl Config {
         );
         let dead_letter_topic =
             env.string("TIDINGS_EMAIL_DLQ_TOPIC", "tidings.email-dispatcher.dlq.v1");
-        let partitions = env.parse("TIDINGS_TOPIC_PARTITIONS", 6i32);
-        let replication = env.parse("TIDINGS_TOPIC_REPLICATION", 1i32);
-        if partitions < 1 {
-            env.error("TIDINGS_TOPIC_PARTITIONS must be at least 1");
-        }
-        let group_id = env.string("TIDINGS_EMAIL_GROUP_ID", "tidings-email-dispatcher");
-        let lanes = env.parse("TIDINGS_EMAIL_LANES", 64usize);
-        let max_in_flight = env.parse("TIDINGS_EMAIL_MAX_IN_FLIGHT", 2000usize);
-        if lanes == 0 || max_in_flight == 0 {
-            env.error("TIDINGS_EMAIL_LANES and TIDINGS_EMAIL_MAX_IN_FLIGHT must be at least 1");
-        }
-        let commit_interval =
-            Duration::from_millis(env.parse("TIDINGS_EMAIL_COMMIT_INTERVAL_MS", 500u64));
-        let fetch_wait = Duration::from_millis(env.parse("TIDINGS_KAFKA_FETCH_WAIT_MS", 5u64));
-        let offset_reset = env.string("TIDINGS_EMAIL_OFFSET_RESET", "earliest");
-        if offset_reset != "earliest" && offset_reset != "latest" {
-            env.error(format!(
-                "TIDINGS_EMAIL_OFFSET_RESET={offset_reset:?}: expected earliest or latest"
-            ));
-        }
+        let topics = TopicSettings::from_env(&mut env);
+        let consumer =
+            ConsumerSettings::from_env(&mut env, "TIDINGS_EMAIL", "tidings-email-dispatcher");
         let smtp_url = env.required("TIDINGS_SMTP_URL");
         let smtp_pool_size = env.parse("TIDINGS_SMTP_POOL_SIZE", 16u32);
         if smtp_pool_size == 0 {
@@ -143,9 +118,7 @@ impl Config {
         let outbox_poll = Duration::from_millis(env.parse("TIDINGS_OUTBOX_POLL_MS", 500u64));
         let message_timeout =
             Duration::from_millis(env.parse("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", 5000u64));
-        let log_json = env.log_json();
-        let otlp_endpoint = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
-        let shutdown_grace = Duration::from_secs(env.parse("TIDINGS_SHUTDOWN_GRACE_SECS", 10u64));
+        let runtime = RuntimeSettings::from_env(&mut env);
         let ce_source = env.string("TIDINGS_EMAIL_CE_SOURCE", "/tidings/email-dispatcher");
         env.finish()?;
         Ok(Config {
@@ -153,19 +126,13 @@ impl Config {
             database_url,
             db_schema,
             db_max_connections,
-            kafka: KafkaSettings { brokers, extra },
+            kafka,
             ticket_events_topic,
             access_codes_topic,
             notification_topic,
             dead_letter_topic,
-            partitions,
-            replication,
-            group_id,
-            lanes,
-            max_in_flight,
-            commit_interval,
-            fetch_wait,
-            offset_reset,
+            topics,
+            consumer,
             smtp_url,
             smtp_pool_size,
             smtp_timeout,
@@ -177,9 +144,7 @@ impl Config {
             retry,
             outbox_poll,
             message_timeout,
-            log_json,
-            otlp_endpoint,
-            shutdown_grace,
+            runtime,
             ce_source,
         })
     }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use tidings_auth::Authenticator;
 use tidings_delivery::{OutcomeEvents, SendLog};
 use tidings_domain::clock::Clock;
-use tidings_kafka::{ConsumerConfig, OutboxRelay, RelayConfig, ensure_topics, run_consumer};
+use tidings_kafka::{OutboxRelay, RelayConfig, ensure_topics, run_consumer};
 use tidings_proto::events::v1::Channel;
 use tidings_proto::push::v1::device_service_server::DeviceServiceServer;
 use tidings_proto::push::v1::preference_service_server::PreferenceServiceServer;
@@ -68,9 +68,9 @@ impl Application {
             &config.dead_letter_topic,
         ]
         .into_iter()
-        .map(|t| (t.clone(), config.partitions))
+        .map(|t| (t.clone(), config.topics.partitions))
         .collect();
-        if let Err(e) = ensure_topics(&config.kafka, &topics, config.replication).await {
+        if let Err(e) = ensure_topics(&config.kafka, &topics, config.topics.replication).await {
             tracing::warn!(error = %e, "could not create topics now");
         }
 
@@ -83,8 +83,8 @@ impl Application {
                 batch_size: 500,
                 poll_interval: config.outbox_poll,
                 message_timeout: config.message_timeout,
-                topics: vec![(config.notification_topic.clone(), config.partitions)],
-                replication: config.replication,
+                topics: vec![(config.notification_topic.clone(), config.topics.partitions)],
+                replication: config.topics.replication,
                 wake: wake.clone(),
             },
         )
@@ -106,17 +106,12 @@ impl Application {
             retry: config.retry.clone(),
             shutdown: shutdown.clone(),
         });
-        let consumer = ConsumerConfig {
-            name: "push-ticket-events",
-            group_id: config.group_id.clone(),
-            topics: vec![config.ticket_events_topic.clone()],
-            lanes: config.lanes,
-            max_in_flight: config.max_in_flight,
-            dead_letter_topic: config.dead_letter_topic.clone(),
-            commit_interval: config.commit_interval,
-            fetch_wait: config.fetch_wait,
-            offset_reset: config.offset_reset.clone(),
-        };
+        let consumer = config.consumer.consumer(
+            "push-ticket-events",
+            None,
+            vec![config.ticket_events_topic.clone()],
+            &config.dead_letter_topic,
+        );
         {
             let settings = config.kafka.clone();
             let stop = shutdown.clone();
@@ -162,21 +157,11 @@ impl Application {
             }
         }));
 
-        let admin_addr = match config.admin_addr {
-            Some(addr) => {
-                tidings_telemetry::metrics_handle();
-                let l = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding admin {addr}"))?;
-                let a = l.local_addr()?;
-                let stop = shutdown.clone();
-                tasks.push(tokio::spawn(async move {
-                    let _ = tidings_telemetry::serve_admin(l, stop).await;
-                }));
-                Some(a)
-            }
-            None => None,
-        };
+        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
+            .await
+            .context("binding the admin endpoint")?;
+        let admin_addr = admin.as_ref().map(|(a, _)| *a);
+        tasks.extend(admin.map(|(_, t)| t));
         tracing::info!(grpc = %grpc_addr, admin = ?admin_addr, "push dispatcher running");
         Ok(Self {
             grpc_addr,
@@ -211,18 +196,7 @@ impl Application {
             _ = self.shutdown.cancelled() => {},
         }
         self.shutdown.cancel();
-        let drain = async {
-            for t in self.tasks {
-                let _ = t.await;
-            }
-        };
-        if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "shutdown grace period elapsed; exiting anyway"
-            );
-        }
-        tracing::info!("push dispatcher stopped");
+        tidings_telemetry::join_within("push dispatcher", grace, self.tasks).await;
         Ok(())
     }
 }

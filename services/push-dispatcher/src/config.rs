@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tidings_auth::JwtSettings;
 use tidings_delivery::Retry;
-use tidings_kafka::KafkaSettings;
+use tidings_kafka::{ConsumerSettings, KafkaSettings, TopicSettings};
+use tidings_telemetry::RuntimeSettings;
 use tidings_telemetry::config::{ConfigError, Env};
 
 #[derive(Clone)]
@@ -21,14 +22,8 @@ pub struct Config {
     pub ticket_events_topic: String,
     pub notification_topic: String,
     pub dead_letter_topic: String,
-    pub partitions: i32,
-    pub replication: i32,
-    pub group_id: String,
-    pub offset_reset: String,
-    pub lanes: usize,
-    pub max_in_flight: usize,
-    pub commit_interval: Duration,
-    pub fetch_wait: Duration,
+    pub topics: TopicSettings,
+    pub consumer: ConsumerSettings,
     pub jwt: JwtSettings,
     pub apns_url: String,
     pub apns_ca_file: Option<PathBuf>,
@@ -43,9 +38,7 @@ pub struct Config {
     pub hold_poll: Duration,
     pub outbox_poll: Duration,
     pub message_timeout: Duration,
-    pub log_json: bool,
-    pub otlp_endpoint: Option<String>,
-    pub shutdown_grace: Duration,
+    pub runtime: RuntimeSettings,
     pub ce_source: String,
 }
 
@@ -76,8 +69,7 @@ impl Config {
             .schema("TIDINGS_PUSH_DB_SCHEMA")
             .unwrap_or_else(|| "tidings_push".into());
         let db_max_connections = env.parse("TIDINGS_PUSH_DB_MAX_CONNECTIONS", 16u32);
-        let brokers = env.required("KAFKA_BROKERS");
-        let extra = env.kv_list("TIDINGS_KAFKA_PROPERTIES");
+        let kafka = KafkaSettings::from_env(&mut env);
         let ticket_events_topic =
             env.string("TIDINGS_TICKET_EVENTS_TOPIC", "tidings.ticket-events.v1");
         let notification_topic = env.string(
@@ -86,26 +78,9 @@ impl Config {
         );
         let dead_letter_topic =
             env.string("TIDINGS_PUSH_DLQ_TOPIC", "tidings.push-dispatcher.dlq.v1");
-        let partitions = env.parse("TIDINGS_TOPIC_PARTITIONS", 6i32);
-        let replication = env.parse("TIDINGS_TOPIC_REPLICATION", 1i32);
-        if partitions < 1 {
-            env.error("TIDINGS_TOPIC_PARTITIONS must be at least 1");
-        }
-        let group_id = env.string("TIDINGS_PUSH_GROUP_ID", "tidings-push-dispatcher");
-        let offset_reset = env.string("TIDINGS_PUSH_OFFSET_RESET", "earliest");
-        if offset_reset != "earliest" && offset_reset != "latest" {
-            env.error(format!(
-                "TIDINGS_PUSH_OFFSET_RESET={offset_reset:?}: expected earliest or latest"
-            ));
-        }
-        let lanes = env.parse("TIDINGS_PUSH_LANES", 64usize);
-        let max_in_flight = env.parse("TIDINGS_PUSH_MAX_IN_FLIGHT", 2000usize);
-        if lanes == 0 || max_in_flight == 0 {
-            env.error("TIDINGS_PUSH_LANES and TIDINGS_PUSH_MAX_IN_FLIGHT must be at least 1");
-        }
-        let commit_interval =
-            Duration::from_millis(env.parse("TIDINGS_PUSH_COMMIT_INTERVAL_MS", 500u64));
-        let fetch_wait = Duration::from_millis(env.parse("TIDINGS_KAFKA_FETCH_WAIT_MS", 5u64));
+        let topics = TopicSettings::from_env(&mut env);
+        let consumer =
+            ConsumerSettings::from_env(&mut env, "TIDINGS_PUSH", "tidings-push-dispatcher");
         let jwt = JwtSettings::from_env(&mut env);
         let apns_url = env.string("TIDINGS_APNS_URL", "https://api.push.apple.com");
         let apns_ca_file = env.raw("TIDINGS_APNS_CA_FILE").map(PathBuf::from);
@@ -135,9 +110,7 @@ impl Config {
         let outbox_poll = Duration::from_millis(env.parse("TIDINGS_OUTBOX_POLL_MS", 500u64));
         let message_timeout =
             Duration::from_millis(env.parse("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", 5000u64));
-        let log_json = env.log_json();
-        let otlp_endpoint = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
-        let shutdown_grace = Duration::from_secs(env.parse("TIDINGS_SHUTDOWN_GRACE_SECS", 10u64));
+        let runtime = RuntimeSettings::from_env(&mut env);
         let ce_source = env.string("TIDINGS_PUSH_CE_SOURCE", "/tidings/push-dispatcher");
         env.finish()?;
         Ok(Config {
@@ -146,18 +119,12 @@ impl Config {
             database_url,
             db_schema,
             db_max_connections,
-            kafka: KafkaSettings { brokers, extra },
+            kafka,
             ticket_events_topic,
             notification_topic,
             dead_letter_topic,
-            partitions,
-            replication,
-            group_id,
-            offset_reset,
-            lanes,
-            max_in_flight,
-            commit_interval,
-            fetch_wait,
+            topics,
+            consumer,
             jwt,
             apns_url,
             apns_ca_file,
@@ -172,9 +139,7 @@ impl Config {
             hold_poll,
             outbox_poll,
             message_timeout,
-            log_json,
-            otlp_endpoint,
-            shutdown_grace,
+            runtime,
             ce_source,
         })
     }

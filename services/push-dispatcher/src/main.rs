@@ -12,11 +12,11 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let _telemetry = tidings_telemetry::init(
         "push-dispatcher",
-        config.log_json,
-        config.otlp_endpoint.as_deref(),
+        config.runtime.log_json,
+        config.runtime.otlp_endpoint.as_deref(),
     )
     .map_err(anyhow::Error::msg)?;
-    let grace = config.shutdown_grace;
+    let grace = config.runtime.shutdown_grace;
     let app = Application::build(config, Arc::new(SystemClock)).await?;
     app.run_until(tidings_telemetry::shutdown_signal(), grace)
         .await

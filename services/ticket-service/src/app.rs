@@ -26,7 +26,7 @@ pub struct Application {
     shutdown: CancellationToken,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     relay: JoinHandle<()>,
-    admin: Option<JoinHandle<std::io::Result<()>>>,
+    admin: Option<JoinHandle<()>>,
     store: EventStore,
 }
 
@@ -126,23 +126,11 @@ impl Application {
                 ),
         );
 
-        let (admin_addr, admin) = match config.admin_addr {
-            Some(addr) => {
-                tidings_telemetry::metrics_handle();
-                let l = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding admin {addr}"))?;
-                let a = l.local_addr()?;
-                (
-                    Some(a),
-                    Some(tokio::spawn(tidings_telemetry::serve_admin(
-                        l,
-                        shutdown.clone(),
-                    ))),
-                )
-            }
-            None => (None, None),
-        };
+        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
+            .await
+            .context("binding the admin endpoint")?;
+        let admin_addr = admin.as_ref().map(|(a, _)| *a);
+        let admin = admin.map(|(_, t)| t);
         tracing::info!(grpc = %grpc_addr, admin = ?admin_addr, "ticket service listening");
         Ok(Self {
             grpc_addr,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tidings_auth::JwtSettings;
 use tidings_guest_access::{CodeSealer, Keyring};
-use tidings_kafka::KafkaSettings;
+use tidings_kafka::{KafkaSettings, TopicSettings};
+use tidings_telemetry::RuntimeSettings;
 use tidings_telemetry::config::{ConfigError, Env};
 
 #[derive(Debug, Clone)]
@@ -25,10 +26,7 @@ pub struct Config {
     pub outbox: OutboxSettings,
     pub jwt: JwtSettings,
     pub guest: GuestSettings,
-    pub log_json: bool,
-    /// OTLP/gRPC collector for spans; unset disables export.
-    pub otlp_endpoint: Option<String>,
-    pub shutdown_grace: Duration,
+    pub runtime: RuntimeSettings,
     pub ce_source: String,
 }
 
@@ -83,20 +81,17 @@ impl Config {
         let db_schema = env.schema("TIDINGS_DB_SCHEMA");
         let db_max_connections = env.parse("TIDINGS_DB_MAX_CONNECTIONS", 16u32);
         let state_cache_capacity = env.parse("TIDINGS_STATE_CACHE_CAPACITY", 10_000usize);
-        let brokers = env.required("KAFKA_BROKERS");
-        let extra = env.kv_list("TIDINGS_KAFKA_PROPERTIES");
+        let kafka = KafkaSettings::from_env(&mut env);
+        let topic_settings = TopicSettings::from_env(&mut env);
         let topics = Topics {
             ticket_events: env.string("TIDINGS_TICKET_EVENTS_TOPIC", "tidings.ticket-events.v1"),
             access_codes: env.string(
                 "TIDINGS_ACCESS_CODES_TOPIC",
                 "tidings.guest-access-codes.v1",
             ),
-            partitions: env.parse("TIDINGS_TOPIC_PARTITIONS", 6i32),
-            replication: env.parse("TIDINGS_TOPIC_REPLICATION", 1i32),
+            partitions: topic_settings.partitions,
+            replication: topic_settings.replication,
         };
-        if topics.partitions < 1 {
-            env.error("TIDINGS_TOPIC_PARTITIONS must be at least 1");
-        }
         let outbox = OutboxSettings {
             poll_interval: Duration::from_millis(env.parse("TIDINGS_OUTBOX_POLL_MS", 500u64)),
             batch_size: env.parse("TIDINGS_OUTBOX_BATCH_SIZE", 500i64),
@@ -126,9 +121,7 @@ impl Config {
         let code_ttl = chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_TTL_SECS", 600i64));
         let code_min_interval =
             chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_MIN_INTERVAL_SECS", 60i64));
-        let log_json = env.log_json();
-        let otlp_endpoint = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT");
-        let shutdown_grace = Duration::from_secs(env.parse("TIDINGS_SHUTDOWN_GRACE_SECS", 10u64));
+        let runtime = RuntimeSettings::from_env(&mut env);
         let ce_source = env.string("TIDINGS_CE_SOURCE", "/tidings/ticket-service");
         env.finish()?;
 
@@ -139,7 +132,7 @@ impl Config {
             db_schema,
             db_max_connections,
             state_cache_capacity,
-            kafka: KafkaSettings { brokers, extra },
+            kafka,
             topics,
             outbox,
             jwt,
@@ -151,9 +144,7 @@ impl Config {
                 code_ttl,
                 code_min_interval,
             },
-            log_json,
-            otlp_endpoint,
-            shutdown_grace,
+            runtime,
             ce_source,
         })
     }

@@ -34,13 +34,13 @@ async fn main() -> anyhow::Result<()> {
     // Held to the end of main: dropping it flushes the span exporter.
     let _telemetry = tidings_telemetry::init(
         "ticket-service",
-        config.log_json,
-        config.otlp_endpoint.as_deref(),
+        config.runtime.log_json,
+        config.runtime.otlp_endpoint.as_deref(),
     )
     .map_err(anyhow::Error::msg)?;
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => {
-            let grace = config.shutdown_grace;
+            let grace = config.runtime.shutdown_grace;
             let app = Application::build(config, Arc::new(SystemClock)).await?;
             app.run_until(tidings_telemetry::shutdown_signal(), grace)
                 .await

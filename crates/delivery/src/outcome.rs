@@ -11,6 +11,38 @@ use uuid::Uuid;
 
 use crate::log::OutcomeMessage;
 
+/// The relay that publishes a dispatcher's outcome events from its outbox, and the signal
+/// its send log raises after queuing some.
+pub fn outcome_relay(
+    pool: sqlx::PgPool,
+    kafka: tidings_kafka::KafkaSettings,
+    topic: &str,
+    topics: tidings_kafka::TopicSettings,
+    poll_interval: std::time::Duration,
+    message_timeout: std::time::Duration,
+) -> Result<
+    (
+        tidings_kafka::OutboxRelay,
+        std::sync::Arc<tokio::sync::Notify>,
+    ),
+    tidings_kafka::KafkaError,
+> {
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let relay = tidings_kafka::OutboxRelay::new(
+        pool,
+        kafka,
+        tidings_kafka::RelayConfig {
+            batch_size: 500,
+            poll_interval,
+            message_timeout,
+            topics: vec![(topic.to_owned(), topics.partitions)],
+            replication: topics.replication,
+            wake: wake.clone(),
+        },
+    )?;
+    Ok((relay, wake))
+}
+
 /// Where a dispatcher's outcome events go and how they name their source.
 #[derive(Debug, Clone)]
 pub struct OutcomeEvents {

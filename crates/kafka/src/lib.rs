@@ -6,6 +6,7 @@ mod consumer;
 mod relay;
 
 pub use consumer::{ConsumerConfig, ConsumerSettings, Delivery, Handler, Unhandled, run_consumer};
+pub use rdkafka::error::KafkaError;
 pub use relay::{OutboxRelay, RelayConfig};
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::KafkaError;
+
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use tidings_telemetry::config::Env;

@@ -64,6 +64,19 @@ pub async fn connect(url: &str, schema: Option<&str>, max_connections: u32) -> R
     Ok(pool)
 }
 
+/// Connects (see `connect`) and brings the schema up to date with `migrator`: what a service
+/// with tables of its own does at start.
+pub async fn open(
+    url: &str,
+    schema: &str,
+    max_connections: u32,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<PgPool> {
+    let pool = connect(url, Some(schema), max_connections).await?;
+    migrate_with(&pool, Some(schema), migrator).await?;
+    Ok(pool)
+}
+
 /// Creates the schema if needed and applies the event store's migrations.
 pub async fn migrate(pool: &PgPool, schema: Option<&str>) -> Result<()> {
     migrate_with(pool, schema, &MIGRATOR).await

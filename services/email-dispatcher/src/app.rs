@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tidings_kafka::{OutboxRelay, RelayConfig, ensure_topics, run_consumer};
+use tidings_kafka::{ensure_topics, run_consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::handler::{AccessCodes, Dispatch, Links, TicketEvents};
 use crate::mailer::SmtpMailer;
-use tidings_delivery::{OutcomeEvents, SendLog};
+use tidings_delivery::{OutcomeEvents, SendLog, outcome_relay};
 use tidings_proto::events::v1::Channel;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -26,16 +26,14 @@ impl Application {
     /// Connects, migrates its own schema, creates the topics it reads and writes if missing
     /// (best effort: a broker outage must not keep it from starting), and starts consuming.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let pool = tidings_store::connect(
+        let pool = tidings_store::open(
             &config.database_url,
-            Some(&config.db_schema),
+            &config.db_schema,
             config.db_max_connections,
+            &MIGRATOR,
         )
         .await
-        .context("connecting to postgres")?;
-        tidings_store::migrate_with(&pool, Some(&config.db_schema), &MIGRATOR)
-            .await
-            .context("applying migrations")?;
+        .context("opening the database")?;
         let topics: Vec<(String, i32)> = [
             &config.ticket_events_topic,
             &config.access_codes_topic,
@@ -50,18 +48,13 @@ impl Application {
         }
 
         let shutdown = CancellationToken::new();
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let relay = OutboxRelay::new(
+        let (relay, wake) = outcome_relay(
             pool.clone(),
             config.kafka.clone(),
-            RelayConfig {
-                batch_size: 500,
-                poll_interval: config.outbox_poll,
-                message_timeout: config.message_timeout,
-                topics: vec![(config.notification_topic.clone(), config.topics.partitions)],
-                replication: config.topics.replication,
-                wake: wake.clone(),
-            },
+            &config.notification_topic,
+            config.topics,
+            config.outbox_poll,
+            config.message_timeout,
         )
         .context("creating kafka producer")?;
         let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];

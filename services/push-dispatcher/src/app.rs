@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tidings_auth::Authenticator;
-use tidings_delivery::{OutcomeEvents, SendLog};
+use tidings_delivery::{OutcomeEvents, SendLog, outcome_relay};
 use tidings_domain::clock::Clock;
-use tidings_kafka::{OutboxRelay, RelayConfig, ensure_topics, run_consumer};
+use tidings_kafka::{ensure_topics, run_consumer};
 use tidings_proto::events::v1::Channel;
 use tidings_proto::push::v1::device_service_server::DeviceServiceServer;
 use tidings_proto::push::v1::preference_service_server::PreferenceServiceServer;
@@ -52,16 +52,14 @@ impl Application {
         })?;
         let auth = Arc::new(Authenticator::new(&config.jwt, None).map_err(anyhow::Error::msg)?);
 
-        let pool = tidings_store::connect(
+        let pool = tidings_store::open(
             &config.database_url,
-            Some(&config.db_schema),
+            &config.db_schema,
             config.db_max_connections,
+            &MIGRATOR,
         )
         .await
-        .context("connecting to postgres")?;
-        tidings_store::migrate_with(&pool, Some(&config.db_schema), &MIGRATOR)
-            .await
-            .context("applying migrations")?;
+        .context("opening the database")?;
         let topics: Vec<(String, i32)> = [
             &config.ticket_events_topic,
             &config.notification_topic,
@@ -75,18 +73,13 @@ impl Application {
         }
 
         let shutdown = CancellationToken::new();
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let relay = OutboxRelay::new(
+        let (relay, wake) = outcome_relay(
             pool.clone(),
             config.kafka.clone(),
-            RelayConfig {
-                batch_size: 500,
-                poll_interval: config.outbox_poll,
-                message_timeout: config.message_timeout,
-                topics: vec![(config.notification_topic.clone(), config.topics.partitions)],
-                replication: config.topics.replication,
-                wake: wake.clone(),
-            },
+            &config.notification_topic,
+            config.topics,
+            config.outbox_poll,
+            config.message_timeout,
         )
         .context("creating kafka producer")?;
         let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];

@@ -626,3 +626,55 @@ async fn re_registering_a_token_is_idempotent_and_moves_it_to_the_current_user()
         .unwrap();
     assert!(list(bob).await.is_empty());
 }
+
+#[tokio::test]
+async fn pushes_to_many_devices_share_one_http2_connection_and_one_provider_token() {
+    let app = spawn_app().await;
+    let push = spawn_push(&app, vec![]).await;
+    let customers: Vec<String> = (0..4)
+        .map(|i| customer(&unique(&format!("c{i}"))))
+        .collect();
+    let mut tokens = Vec::new();
+    for c in &customers {
+        for _ in 0..3 {
+            let t = apns_token();
+            register(&push, c, pb::Platform::Ios, &t, "en").await;
+            tokens.push(t);
+        }
+    }
+    let mut tickets = Vec::new();
+    for c in &customers {
+        tickets.push(open_as(&app, c, "Many").await.ticket_id);
+    }
+    // Twelve devices, pushed concurrently (three per event, four events in parallel lanes).
+    for t in &tickets {
+        agent_does(&app, t, "reply").await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "a push on every device",
+        || async {
+            tokens
+                .iter()
+                .all(|t| push.doubles.pushes_to(t).len() == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let (apns_connections, _) = push.doubles.connections();
+    assert_eq!(
+        apns_connections, 1,
+        "one multiplexed connection, not one per request"
+    );
+    let provider_tokens: std::collections::HashSet<String> = push
+        .doubles
+        .pushes()
+        .into_iter()
+        .map(|p| p.headers["authorization"].clone())
+        .collect();
+    assert_eq!(
+        provider_tokens.len(),
+        1,
+        "one provider token for every request"
+    );
+}

@@ -226,6 +226,10 @@ async fn handle(req: Request<Incoming>, verifier: &Verifier, state: &Shared) -> 
         ),
     ];
     let mut kept = HashMap::new();
+    // Kept so tests can see one provider token serve many requests.
+    if let Some(auth) = header("authorization") {
+        kept.insert("authorization".to_owned(), auth);
+    }
     for (name, ok, reason) in checks {
         match header(name) {
             Some(v) if ok(&v) => {

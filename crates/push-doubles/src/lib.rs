@@ -23,6 +23,7 @@ mod server;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -135,6 +136,8 @@ pub struct Doubles {
     pub fcm_service_account_file: PathBuf,
     pub fcm_project_id: String,
     state: Shared,
+    apns_connections: Arc<AtomicU64>,
+    fcm_connections: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -160,9 +163,12 @@ impl Doubles {
         let apns_key = apns::ProviderKey::generate()?;
         let apns_key_file = opts.dir.join("apns-auth-key.p8");
         std::fs::write(&apns_key_file, &apns_key.private_pem)?;
+        let apns_connections = Arc::new(AtomicU64::new(0));
+        let fcm_connections = Arc::new(AtomicU64::new(0));
         let (apns_addr, apns_task) = server::serve(
             opts.apns_port,
             pki.acceptor()?,
+            apns_connections.clone(),
             apns::handler(apns_key.clone(), state.clone()),
         )
         .await?;
@@ -176,6 +182,7 @@ impl Doubles {
         let fcm_task = server::serve_on(
             fcm_listener,
             pki.acceptor()?,
+            fcm_connections.clone(),
             fcm::handler(account.clone(), state.clone()),
         );
 
@@ -189,6 +196,8 @@ impl Doubles {
             fcm_service_account_file,
             fcm_project_id: account.project_id.clone(),
             state,
+            apns_connections,
+            fcm_connections,
             tasks: vec![apns_task, fcm_task],
         })
     }
@@ -227,6 +236,14 @@ impl Doubles {
     /// Accepted pushes, counted even when not recorded.
     pub fn accepted(&self) -> u64 {
         self.state.lock().expect("state").accepted
+    }
+
+    /// TLS connections clients opened to the APNs and the FCM double.
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            self.apns_connections.load(Ordering::Relaxed),
+            self.fcm_connections.load(Ordering::Relaxed),
+        )
     }
 
     /// Access tokens the FCM double's token endpoint granted.

@@ -3,6 +3,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,6 +19,7 @@ pub type Reply = Response<Full<Bytes>>;
 pub async fn serve<H, F>(
     port: u16,
     tls: TlsAcceptor,
+    connections: Arc<AtomicU64>,
     handler: H,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)>
 where
@@ -25,12 +28,14 @@ where
 {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
-    Ok((addr, serve_on(listener, tls, handler)))
+    Ok((addr, serve_on(listener, tls, connections, handler)))
 }
 
+/// Serves until aborted; counts the TLS connections clients open in `connections`.
 pub fn serve_on<H, F>(
     listener: TcpListener,
     tls: TlsAcceptor,
+    connections: Arc<AtomicU64>,
     handler: H,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -45,10 +50,12 @@ where
             let _ = tcp.set_nodelay(true);
             let tls = tls.clone();
             let handler = handler.clone();
+            let connections = connections.clone();
             tokio::spawn(async move {
                 let Ok(stream) = tls.accept(tcp).await else {
                     return;
                 };
+                connections.fetch_add(1, Ordering::Relaxed);
                 let service = hyper::service::service_fn(move |req| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req).await) }

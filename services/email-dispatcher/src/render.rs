@@ -48,9 +48,8 @@ pub struct Rendered {
     pub html: String,
 }
 
-#[derive(Template)]
-#[template(path = "email.html")]
-struct Html<'a> {
+/// Every value the two templates show; each template escapes as its format needs.
+struct Fields<'a> {
     lang: &'a str,
     subject: &'a str,
     heading: &'a str,
@@ -67,19 +66,15 @@ struct Html<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "email.html")]
+struct Html<'a> {
+    f: &'a Fields<'a>,
+}
+
+#[derive(Template)]
 #[template(path = "email.txt")]
 struct Text<'a> {
-    heading: &'a str,
-    intro: &'a str,
-    ticket_label: &'a str,
-    ticket_number: i64,
-    ticket_subject: &'a str,
-    excerpt: &'a str,
-    code: Option<&'a str>,
-    code_note: &'a str,
-    link: &'a str,
-    cta: &'a str,
-    footer: &'a str,
+    f: &'a Fields<'a>,
 }
 
 /// The strings of one email, already localized and filled in.
@@ -210,7 +205,7 @@ fn vars(c: &Content<'_>) -> Vars {
 pub fn render(c: &Content<'_>) -> Result<Rendered, askama::Error> {
     let v = vars(c);
     let code = c.code.map(|(code, _)| code);
-    let html = Html {
+    let f = Fields {
         lang: c.lang.tag(),
         subject: &v.subject,
         heading: &v.heading,
@@ -224,22 +219,9 @@ pub fn render(c: &Content<'_>) -> Result<Rendered, askama::Error> {
         link: c.link,
         cta: v.cta,
         footer: v.footer,
-    }
-    .render()?;
-    let text = Text {
-        heading: &v.heading,
-        intro: &v.intro,
-        ticket_label: v.ticket_label,
-        ticket_number: c.update.ticket_number.get(),
-        ticket_subject: &c.update.subject,
-        excerpt: &v.excerpt,
-        code,
-        code_note: &v.code_note,
-        link: c.link,
-        cta: v.cta,
-        footer: v.footer,
-    }
-    .render()?;
+    };
+    let html = Html { f: &f }.render()?;
+    let text = Text { f: &f }.render()?;
     Ok(Rendered {
         subject: v.subject,
         text,

@@ -411,14 +411,6 @@ pub async fn spawn_dispatcher(o: DispatcherOptions) -> TestDispatcher {
 }
 
 impl TestDispatcher {
-    pub async fn stop(&mut self) {
-        if let Some(app) = self.app.take() {
-            app.run_until(async {}, Duration::from_secs(10))
-                .await
-                .expect("clean stop");
-        }
-    }
-
     /// The value of one metric (sum over label sets) from the admin endpoint.
     pub async fn metric(&self, name: &str) -> f64 {
         self.metric_where(name, "").await

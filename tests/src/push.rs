@@ -155,12 +155,4 @@ impl PushStack {
             .await
             .expect("count query")
     }
-
-    pub async fn stop(&mut self) {
-        if let Some(app) = self.app.take() {
-            app.run_until(async {}, Duration::from_secs(10))
-                .await
-                .expect("clean stop");
-        }
-    }
 }

@@ -18,6 +18,13 @@ pub struct Retry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interrupted;
 
+/// In a consumer handler, an interrupted retry leaves the record unhandled (uncommitted).
+impl From<Interrupted> for tidings_kafka::Unhandled {
+    fn from(_: Interrupted) -> Self {
+        tidings_kafka::Unhandled::Interrupted
+    }
+}
+
 /// Waits `backoff` (jittered to between half and all of it), then doubles it up to `max`.
 pub async fn pause(
     backoff: &mut Duration,

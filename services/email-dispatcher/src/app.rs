@@ -132,10 +132,6 @@ impl Application {
         self.admin_addr
     }
 
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
     /// Runs until `signal`, then stops consuming, lets handlers finish the record they are on,
     /// commits what was handled, publishes pending outcomes and returns — within `grace`.
     pub async fn run_until(

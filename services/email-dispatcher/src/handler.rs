@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::mailer::{Mailer, OutgoingEmail, SendError};
 use crate::render::{Content, Lang, render};
 use tidings_delivery::{
-    Interrupted, OutcomeEvents, Record, Recorded, Retry, SendLog, SendLogError, pause, until_ok,
+    OutcomeEvents, Record, Recorded, Retry, SendLog, SendLogError, pause, until_ok,
 };
 
 /// Where a reader continues: `{ticket_id}`, `{ticket_number}` and (guests) `{token}` are
@@ -244,9 +244,7 @@ impl<M: Mailer> Dispatch<M> {
                     metrics::counter!("tidings_email_retries_total").increment(1);
                 }
             }
-            pause(&mut backoff, self.retry.max, &self.shutdown)
-                .await
-                .map_err(|Interrupted| Unhandled::Interrupted)?;
+            pause(&mut backoff, self.retry.max, &self.shutdown).await?;
         }
     }
 
@@ -258,6 +256,6 @@ impl<M: Mailer> Dispatch<M> {
     {
         until_ok(&self.retry, &self.shutdown, "send log", op)
             .await
-            .map_err(|Interrupted| Unhandled::Interrupted)
+            .map_err(Unhandled::from)
     }
 }

@@ -172,10 +172,6 @@ impl Application {
         self.admin_addr
     }
 
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
     /// Runs until `signal`, then stops taking calls and records, lets handlers finish the
     /// record they are on, commits what was handled, publishes pending outcomes — within
     /// `grace`.

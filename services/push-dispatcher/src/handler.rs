@@ -6,9 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings_delivery::{
-    Interrupted, OutcomeEvents, Record, Recorded, Retry, SendLog, pause, until_ok,
-};
+use tidings_delivery::{OutcomeEvents, Record, Recorded, Retry, SendLog, pause, until_ok};
 use tidings_domain::clock::Clock;
 use tidings_domain::{Change, Requester, TicketUpdate};
 use tidings_kafka::{Delivery, Handler, Unhandled};
@@ -72,7 +70,7 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
     {
         until_ok(&self.retry, &self.shutdown, what, op)
             .await
-            .map_err(|Interrupted| Unhandled::Interrupted)
+            .map_err(Unhandled::from)
     }
 
     async fn on_update(
@@ -286,9 +284,7 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
                         _ = tokio::time::sleep(after) => {}
                     }
                 }
-                None => pause(&mut backoff, self.retry.max, &self.shutdown)
-                    .await
-                    .map_err(|Interrupted| Unhandled::Interrupted)?,
+                None => pause(&mut backoff, self.retry.max, &self.shutdown).await?,
             }
         }
     }

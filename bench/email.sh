@@ -21,6 +21,7 @@ PG="postgres://postgres@127.0.0.1:5432"
 DB=tidings_bench
 STAMP="$(date +%s)"
 set -a; . deploy/dev/dev.env; set +a
+. bench/cpu.sh
 mkdir -p .dev
 
 if ! command -v smtp-sink >/dev/null || ! command -v smtp-source >/dev/null; then
@@ -71,8 +72,8 @@ for _ in $(seq 3000); do
     $1 ~ /^tidings_consumed_total/ { c += $NF }
     $1 ~ /^tidings_emails_total/ && /outcome="sent"/ { s += $NF }
     END { printf "%d %d\n", c, s }') || true
-  if [ -z "$T_FIRST" ] && [ "${CONSUMED:-0}" -gt 0 ]; then T_FIRST="$now"; fi
-  if [ -n "$T_FIRST" ] && [ "${SENT:-0}" -ge "$N" ]; then T_LAST="$now"; break; fi
+  if [ -z "$T_FIRST" ] && [ "${CONSUMED:-0}" -gt 0 ]; then T_FIRST="$now"; cpu_snapshot > .dev/bench-email-cpu.0; fi
+  if [ -n "$T_FIRST" ] && [ "${SENT:-0}" -ge "$N" ]; then T_LAST="$now"; cpu_snapshot > .dev/bench-email-cpu.1; break; fi
   kill -0 $DISPATCHER 2>/dev/null || { echo "the dispatcher died; see .dev/bench-email-dispatcher.log" >&2; exit 1; }
   sleep 0.1
 done
@@ -98,4 +99,6 @@ smtp-source -> smtp-sink              ${ANCHOR} msgs/s
 email dispatcher -> smtp-sink         ${OURS} emails/s (first consume to last accepted)
 ratio ours / smtp-source              ${RATIO}   target >= 0.7   $(check "$RATIO" 0.7 ">=")
 email-dispatcher peak RSS             $((RSS_KB / 1024)) MiB   target <= 100   $(check "$((RSS_KB / 1024))" 100 "<=")
+where the CPU went while the dispatcher ran:
+$(cpu_split .dev/bench-email-cpu.0 .dev/bench-email-cpu.1 "$(awk -v a="$T_FIRST" -v b="$T_LAST" 'BEGIN {print b - a}')")
 REPORT

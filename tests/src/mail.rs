@@ -196,10 +196,14 @@ pub struct Accepted {
 struct DoubleState {
     accepted: Vec<Accepted>,
     sessions: usize,
+    /// MAIL commands that arrived together with the commands after them (RFC 2920).
+    pipelined: usize,
 }
 
 /// A minimal ESMTP server for failure injection: recipients in `reject` get `550 5.1.1` at
-/// RCPT, every accepted message waits `delay` before its `250` (a slow server).
+/// RCPT, every accepted message waits `delay` before its `250` (a slow server), DATA without
+/// a valid recipient gets `554` (as Postfix answers). It offers PIPELINING only when started
+/// with [`SmtpDouble::pipelining`].
 #[derive(Clone)]
 pub struct SmtpDouble {
     pub addr: std::net::SocketAddr,
@@ -208,6 +212,15 @@ pub struct SmtpDouble {
 
 impl SmtpDouble {
     pub async fn start(reject: Vec<String>, delay: Duration) -> Self {
+        Self::spawn(reject, delay, false).await
+    }
+
+    /// A double that offers PIPELINING.
+    pub async fn pipelining(reject: Vec<String>) -> Self {
+        Self::spawn(reject, Duration::ZERO, true).await
+    }
+
+    async fn spawn(reject: Vec<String>, delay: Duration, pipelining: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind smtp double");
@@ -217,7 +230,7 @@ impl SmtpDouble {
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 st.lock().unwrap().sessions += 1;
-                tokio::spawn(session(sock, st.clone(), reject.clone(), delay));
+                tokio::spawn(session(sock, st.clone(), reject.clone(), delay, pipelining));
             }
         });
         Self { addr, state }
@@ -225,6 +238,10 @@ impl SmtpDouble {
 
     pub fn accepted(&self) -> Vec<Accepted> {
         self.state.lock().unwrap().accepted.clone()
+    }
+
+    pub fn pipelined_count(&self) -> usize {
+        self.state.lock().unwrap().pipelined
     }
 
     pub fn accepted_count(&self) -> usize {
@@ -244,6 +261,7 @@ async fn session(
     state: Arc<Mutex<DoubleState>>,
     reject: Vec<String>,
     delay: Duration,
+    pipelining: bool,
 ) {
     let (r, mut w) = sock.into_split();
     let mut lines = BufReader::new(r);
@@ -257,11 +275,16 @@ async fn session(
         }
         let cmd = line.trim_end().to_owned();
         let upper = cmd.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
+        let reply: &[u8] = if upper.starts_with("EHLO") && pipelining {
+            b"250-smtp-double\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+        } else if upper.starts_with("EHLO") {
             b"250-smtp-double\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             b"250 ok\r\n"
         } else if upper.starts_with("MAIL FROM") || upper.starts_with("RSET") {
+            if !lines.buffer().is_empty() {
+                state.lock().unwrap().pipelined += 1;
+            }
             rcpt.clear();
             b"250 ok\r\n"
         } else if upper.starts_with("RCPT TO") {
@@ -278,6 +301,8 @@ async fn session(
                 rcpt.push(addr);
                 b"250 ok\r\n"
             }
+        } else if upper == "DATA" && rcpt.is_empty() {
+            b"554 5.5.1 no valid recipients\r\n"
         } else if upper == "DATA" {
             let _ = w.write_all(b"354 go ahead\r\n").await;
             let mut data = String::new();

@@ -481,6 +481,47 @@ async fn a_rejected_address_and_a_garbage_record_go_to_the_dead_letter_topic_and
 }
 
 #[tokio::test]
+async fn with_a_pipelining_server_a_rejected_recipient_fails_alone_and_later_mail_flows() {
+    let rejected = format!("{}@example.com", unique("gone"));
+    let double = SmtpDouble::pipelining(vec![rejected.clone()]).await;
+    let (app, d) = stack_with_smtp(double.addr.to_string()).await;
+    let gone = customer(rejected.trim_end_matches("@example.com"));
+    let gone_ticket = open_as(&app, &gone, "Please close my account")
+        .await
+        .ticket_id;
+    reply_as(&app, &agent("giulia"), &gone_ticket, "Done").await;
+
+    let sub = unique("ann");
+    let address = format!("{sub}@example.com");
+    let id = open_as(&app, &customer(&sub), "Card declined")
+        .await
+        .ticket_id;
+    reply_as(&app, &agent("giulia"), &id, "Fixed").await;
+    reply_as(&app, &agent("giulia"), &id, "Anything else?").await;
+    eventually(Duration::from_secs(30), "later mail delivered", || async {
+        (double.to(&address).len() == 3).then_some(())
+    })
+    .await;
+    // The commands really were pipelined, and the rejection (550 at RCPT, then 554 for the
+    // DATA already sent) cost one dead letter, not the session's later mail.
+    assert!(
+        double.pipelined_count() >= 3,
+        "{}",
+        double.pipelined_count()
+    );
+    assert!(double.to(&rejected).is_empty());
+    let dead = read_topic(
+        &app.brokers,
+        &d.dead_letter_topic,
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let reason = header(&dead[0], "tidings_dlq_reason").unwrap_or_default();
+    assert!(reason.contains("550"), "{reason}");
+}
+
+#[tokio::test]
 async fn the_notification_outcome_continues_the_agents_trace() {
     let (app, d) = stack_with_smtp(shared_smtp()).await;
     let sub = unique("ann");

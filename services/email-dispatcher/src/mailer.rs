@@ -1,6 +1,7 @@
 //! Sending: a small trait so the handler does not care how mail leaves, and its SMTP adapter:
 //! lettre's async SMTP client on sessions we keep open ourselves (a bounded set, TCP_NODELAY;
-//! STARTTLS, implicit TLS and auth from the URL).
+//! STARTTLS, implicit TLS and auth from the URL), with PIPELINING (RFC 2920) where the server
+//! offers it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -8,11 +9,13 @@ use std::time::Duration;
 use std::time::Instant;
 
 use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
 /// One message, ready to send.
 #[derive(Debug, Clone)]
@@ -113,7 +116,7 @@ impl Endpoint {
         })
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+    async fn connect(&self) -> Result<Session, SendError> {
         let tls = || TlsParameters::new(self.host.clone()).map_err(|e| classify(&e));
         let mut conn = if self.security == Security::Implicit {
             AsyncSmtpConnection::connect_tokio1(
@@ -153,12 +156,96 @@ impl Endpoint {
                 ));
             }
         }
+        // lettre keeps only the extensions it uses itself; ask once more (EHLO may be
+        // repeated, RFC 5321 4.1.4) to learn whether the server pipelines.
+        let pipelining = conn
+            .command(Ehlo::new(self.hello.clone()))
+            .await
+            .map_err(|e| classify(&e))?
+            .message()
+            .any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
         if let Some(c) = &self.credentials {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], c)
                 .await
                 .map_err(|e| classify(&e))?;
         }
-        Ok(conn)
+        Ok(Session { conn, pipelining })
+    }
+}
+
+/// Why a session could not send a message.
+enum Failure {
+    Smtp(lettre::transport::smtp::Error),
+    /// This server cannot take this message at all; nothing was sent.
+    Unsendable(&'static str),
+}
+
+impl From<lettre::transport::smtp::Error> for Failure {
+    fn from(e: lettre::transport::smtp::Error) -> Self {
+        Self::Smtp(e)
+    }
+}
+
+/// An open SMTP session and what its server offers.
+pub struct Session {
+    conn: AsyncSmtpConnection,
+    pipelining: bool,
+}
+
+impl Session {
+    /// Sends one message. With PIPELINING, MAIL, RCPT and DATA go out in one write and their
+    /// replies are read together: two round trips and two writes per message instead of
+    /// four. lettre's `command` writes whatever its argument displays, and its
+    /// `read_response` reads the replies that follow. Any error leaves replies unread, so
+    /// the caller drops the session.
+    async fn send(&mut self, envelope: &Envelope, email: &[u8]) -> Result<(), Failure> {
+        if !self.pipelining {
+            return Ok(self.conn.send(envelope, email).await.map(drop)?);
+        }
+        let mut group = Mail::new(
+            envelope.from().cloned(),
+            self.mail_parameters(envelope, email)?,
+        )
+        .to_string();
+        for to in envelope.to() {
+            group.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+        }
+        group.push_str(&Data.to_string());
+        self.conn.command(group).await?;
+        for _ in envelope.to() {
+            self.conn.read_response().await?;
+        }
+        self.conn.read_response().await?;
+        Ok(self.conn.message(email).await.map(drop)?)
+    }
+
+    /// The MAIL parameters lettre's own `send` would use: SMTPUTF8 for non-ASCII addresses,
+    /// 8BITMIME for a non-ASCII body, refused when the server lacks them.
+    fn mail_parameters(
+        &self,
+        envelope: &Envelope,
+        email: &[u8],
+    ) -> Result<Vec<MailParameter>, Failure> {
+        let info = self.conn.server_info();
+        let mut params = vec![];
+        let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
+        if envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+            if !info.supports_feature(Extension::SmtpUtfEight) {
+                return Err(Failure::Unsendable(
+                    "non-ASCII addresses, and the server does not offer SMTPUTF8",
+                ));
+            }
+            params.push(MailParameter::SmtpUtfEight);
+        }
+        if !email.is_ascii() {
+            if !info.supports_feature(Extension::EightBitMime) {
+                return Err(Failure::Unsendable(
+                    "a non-ASCII body, and the server does not offer 8BITMIME",
+                ));
+            }
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        Ok(params)
     }
 }
 
@@ -167,7 +254,7 @@ impl Endpoint {
 pub struct SmtpMailer {
     endpoint: Endpoint,
     from: Mailbox,
-    idle: std::sync::Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: std::sync::Mutex<Vec<(Session, Instant)>>,
     /// At most this many sessions at once: the pool size for notifications, plus a few
     /// kept aside so urgent mail never queues behind them.
     sessions: tokio::sync::Semaphore,
@@ -240,22 +327,22 @@ impl SmtpMailer {
             .map_err(|err| SendError::Permanent(format!("cannot build message: {err}")))
     }
 
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Session> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < IDLE_MAX && !conn.has_broken() {
-                return Some(conn);
+        while let Some((session, since)) = idle.pop() {
+            if since.elapsed() < IDLE_MAX && !session.conn.has_broken() {
+                return Some(session);
             }
             // Stale: dropping closes the socket.
         }
         None
     }
 
-    fn put_idle(&self, conn: AsyncSmtpConnection) {
+    fn put_idle(&self, session: Session) {
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((conn, Instant::now()));
+            .push((session, Instant::now()));
     }
 }
 
@@ -292,20 +379,21 @@ impl Mailer for SmtpMailer {
         let mut reused = self.take_idle();
         loop {
             let was_reused = reused.is_some();
-            let mut conn = match reused.take() {
-                Some(c) => c,
+            let mut session = match reused.take() {
+                Some(s) => s,
                 None => self.endpoint.connect().await?,
             };
-            match conn.send(envelope, &bytes).await {
-                Ok(_) => {
+            match session.send(envelope, &bytes).await {
+                Ok(()) => {
                     metrics::counter!("tidings_email_bytes_total").increment(bytes.len() as u64);
-                    self.put_idle(conn);
+                    self.put_idle(session);
                     return Ok(());
                 }
                 // A kept session the server closed meanwhile: try once more on a new one.
-                Err(e) if was_reused && !e.is_response() => continue,
-                // lettre closes the session after any error.
-                Err(e) => return Err(classify(&e)),
+                Err(Failure::Smtp(e)) if was_reused && !e.is_response() => continue,
+                // After an error the session is dropped: replies may be left unread.
+                Err(Failure::Smtp(e)) => return Err(classify(&e)),
+                Err(Failure::Unsendable(why)) => return Err(SendError::Permanent(why.into())),
             }
         }
     }

@@ -13,6 +13,6 @@ cpu_split() { # before-file after-file seconds
   awk -v secs="$3" -v hz="$(getconf CLK_TCK)" '
     NR == FNR { before[$1] = $2; next }
     { d = $2 - before[$1]; if (d > 0) used[$1] = d }
-    END { for (n in used) printf "  %-22s %5.0f%% of one core\n", n, 100 * used[n] / hz / secs }' "$1" "$2" |
+    END { for (n in used) printf "  %-22s %5.0f%%\n", n, 100 * used[n] / hz / secs }' "$1" "$2" |
     sort -k2 -nr | head -8
 }

@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 /// Rows per statement, at most.
 const BATCH: usize = 500;
+const LINGER_BELOW: usize = 16;
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -95,17 +97,29 @@ impl SendLog {
     }
 }
 
-/// Takes one request, then whatever else is already waiting, up to `BATCH`.
-async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+/// Takes one request, then whatever else is already waiting, up to `BATCH`. Under heavy load
+/// (the previous batch held `LINGER_BELOW` requests or more) a smaller batch waits once for
+/// `LINGER` to collect more: fewer, larger statements and commits (Postgres at 53 % → 35 %
+/// of a core in the email benchmark). Moderate load (a push per device at 500 replies/s) and
+/// an idle dispatcher never wait.
+async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, previous: usize) -> Option<Vec<T>> {
     let first = rx.recv().await?;
     let mut batch = vec![first];
+    drain(rx, &mut batch);
+    if previous >= LINGER_BELOW && batch.len() < LINGER_BELOW {
+        tokio::time::sleep(LINGER).await;
+        drain(rx, &mut batch);
+    }
+    Some(batch)
+}
+
+fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>) {
     while batch.len() < BATCH {
         match rx.try_recv() {
             Ok(item) => batch.push(item),
             Err(_) => break,
         }
     }
-    Some(batch)
 }
 
 async fn lookup_batches(
@@ -113,7 +127,9 @@ async fn lookup_batches(
     table: &'static str,
     mut rx: mpsc::UnboundedReceiver<Lookup>,
 ) {
-    while let Some(batch) = next_batch(&mut rx).await {
+    let mut previous = 0;
+    while let Some(batch) = next_batch(&mut rx, previous).await {
+        previous = batch.len();
         let (ids, recipients): (Vec<Uuid>, Vec<String>) =
             batch.iter().map(|((e, r), _)| (*e, r.clone())).unzip();
         // One primary-key probe per key (LATERAL with LIMIT cannot be flattened into a
@@ -162,7 +178,9 @@ async fn record_batches(
     mut rx: mpsc::UnboundedReceiver<(Record, Reply<()>)>,
     wake: Arc<Notify>,
 ) {
-    while let Some(batch) = next_batch(&mut rx).await {
+    let mut previous = 0;
+    while let Some(batch) = next_batch(&mut rx, previous).await {
+        previous = batch.len();
         let result = write_records(&pool, table, &batch).await;
         if result.is_ok() {
             wake.notify_one();

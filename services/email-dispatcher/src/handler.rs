@@ -212,7 +212,14 @@ impl<M: Mailer> Dispatch<M> {
         };
         self.with_db_retry(|| self.sends.record(record.clone()))
             .await?;
-        let label = if result.is_ok() { "sent" } else { "failed" };
+        let label = if result.is_ok() {
+            // For staleness alerts ("no mail accepted for 10 minutes") and the benchmark.
+            metrics::gauge!("tidings_email_last_sent_timestamp_seconds")
+                .set(Utc::now().timestamp_micros() as f64 / 1e6);
+            "sent"
+        } else {
+            "failed"
+        };
         metrics::counter!("tidings_emails_total", "kind" => kind, "outcome" => label).increment(1);
         tracing::info!(ticket_id = %update.ticket_id, event_id = %update.event_id, kind, outcome = label, "email");
         result

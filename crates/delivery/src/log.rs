@@ -4,9 +4,7 @@
 //! latter. The table has the columns of `email_sends` in the email dispatcher's first
 //! migration; each dispatcher names its own.
 //!
-//! Lookups and records are batched: every lane awaits its own answer, but whatever the lanes
-//! ask while a query runs goes into the next query together. Under load that is one round
-//! trip and one commit for hundreds of sends; when idle, a single request goes out at once.
+//! Lookups and records are batched across lanes ([`crate::batch`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,10 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-/// Rows per statement, at most.
-const BATCH: usize = 500;
-const LINGER_BELOW: usize = 16;
-const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+use crate::batch::next_batch;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
@@ -94,31 +89,6 @@ impl SendLog {
             .send((record, tx))
             .map_err(|_| SendLogError("stopped".into()))?;
         rx.await.map_err(|_| SendLogError("stopped".into()))?
-    }
-}
-
-/// Takes one request, then whatever else is already waiting, up to `BATCH`. Under heavy load
-/// (the previous batch held `LINGER_BELOW` requests or more) a smaller batch waits once for
-/// `LINGER` to collect more: fewer, larger statements and commits (Postgres at 53 % → 35 %
-/// of a core in the email benchmark). Moderate load (a push per device at 500 replies/s) and
-/// an idle dispatcher never wait.
-async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, previous: usize) -> Option<Vec<T>> {
-    let first = rx.recv().await?;
-    let mut batch = vec![first];
-    drain(rx, &mut batch);
-    if previous >= LINGER_BELOW && batch.len() < LINGER_BELOW {
-        tokio::time::sleep(LINGER).await;
-        drain(rx, &mut batch);
-    }
-    Some(batch)
-}
-
-fn drain<T>(rx: &mut mpsc::UnboundedReceiver<T>, batch: &mut Vec<T>) {
-    while batch.len() < BATCH {
-        match rx.try_recv() {
-            Ok(item) => batch.push(item),
-            Err(_) => break,
-        }
     }
 }
 

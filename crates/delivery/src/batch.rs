@@ -6,7 +6,7 @@
 use tokio::sync::mpsc;
 
 /// Requests per statement, at most.
-pub const BATCH: usize = 500;
+const BATCH: usize = 500;
 const LINGER_BELOW: usize = 16;
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -15,7 +15,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// `LINGER` to collect more: fewer, larger statements and commits (Postgres at 53 % → 35 %
 /// of a core in the email benchmark). Moderate load (a push per device at 500 replies/s) and
 /// an idle dispatcher never wait.
-pub async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, previous: usize) -> Option<Vec<T>> {
+pub(crate) async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, previous: usize) -> Option<Vec<T>> {
     let first = rx.recv().await?;
     let mut batch = vec![first];
     drain(rx, &mut batch);

@@ -2,7 +2,7 @@
 //! harmless, the outcome events it publishes, and how it paces retries. Shared by the email
 //! and push dispatchers.
 
-pub mod batch;
+mod batch;
 mod log;
 mod outcome;
 mod retry;

@@ -4,7 +4,7 @@
 //! latter. The table has the columns of `email_sends` in the email dispatcher's first
 //! migration; each dispatcher names its own.
 //!
-//! Lookups and records are batched across lanes ([`crate::batch`]).
+//! Lookups and records are batched across lanes (see `batch.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -15,7 +15,10 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// `LINGER` to collect more: fewer, larger statements and commits (Postgres at 53 % → 35 %
 /// of a core in the email benchmark). Moderate load (a push per device at 500 replies/s) and
 /// an idle dispatcher never wait.
-pub(crate) async fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<T>, previous: usize) -> Option<Vec<T>> {
+pub(crate) async fn next_batch<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    previous: usize,
+) -> Option<Vec<T>> {
     let first = rx.recv().await?;
     let mut batch = vec![first];
     drain(rx, &mut batch);

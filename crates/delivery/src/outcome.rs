@@ -11,6 +11,8 @@ use uuid::Uuid;
 
 use crate::log::OutcomeMessage;
 
+const OUTCOME_COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The relay that publishes a dispatcher's outcome events from its outbox, and the signal
 /// its send log raises after queuing some.
 pub fn outcome_relay(
@@ -38,6 +40,9 @@ pub fn outcome_relay(
             topics: vec![(topic.to_owned(), topics.partitions)],
             replication: topics.replication,
             wake: wake.clone(),
+            // Nobody waits on an outcome event by the millisecond; rounds at most every
+            // 20 ms publish them in larger batches.
+            coalesce: OUTCOME_COALESCE,
         },
     )?;
     Ok((relay, wake))

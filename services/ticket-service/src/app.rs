@@ -81,6 +81,7 @@ impl Application {
                 topics,
                 replication: config.topics.replication,
                 wake: outbox_wake.clone(),
+                coalesce: std::time::Duration::ZERO,
             },
         )
         .context("creating kafka producer")?;

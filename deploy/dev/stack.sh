@@ -99,8 +99,23 @@ ensure_maildev() {
   npm install --prefix "$STATE/maildev" --no-audit --no-fund --loglevel=error "maildev@$MAILDEV_VERSION" >/dev/null
 }
 
+# A MailDev left running by a checkout that was since deleted still answers on its ports but
+# can no longer store mail (its --mail-directory is gone): stop it so ours can start.
+stop_orphaned_maildev() {
+  local pid dir
+  for pid in $(pgrep -f "maildev.*--web $MAILDEV_WEB_PORT" || true); do
+    dir="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | awk 'prev == "--mail-directory" { print } { prev = $0 }')"
+    if [ -n "$dir" ] && [ ! -d "$dir" ]; then
+      log "stopping an orphaned MailDev (pid $pid; its mail directory $dir is gone)"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+  done
+}
+
 start_maildev() {
   mkdir -p "$STATE/maildev/mail"
+  stop_orphaned_maildev
   if (exec 3<>"/dev/tcp/127.0.0.1/$MAILDEV_WEB_PORT") 2>/dev/null; then return; fi
   log "starting MailDev: SMTP 127.0.0.1:$SMTP_PORT, inbox http://127.0.0.1:$MAILDEV_WEB_PORT"
   # Bounded: the dev inbox keeps the newest 5000 messages.

@@ -1,5 +1,5 @@
 # Sourced by the benches: CPU time by process name, to say where the two cores went.
-# cpu_snapshot prints "name ticks" for every process of interest (threads included, the
+# cpu_snapshot prints "name ticks" summed over the processes of each name (threads included, the
 # children's time not); cpu_split BEFORE AFTER prints each one's share of the interval.
 cpu_snapshot() {
   for p in /proc/[0-9]*; do

@@ -64,7 +64,7 @@ DATABASE_URL="$PG/$DB" TIDINGS_EMAIL_DB_SCHEMA="bench_email_$STAMP" KAFKA_BROKER
   "$BIN/email-dispatcher" > .dev/bench-email-dispatcher.log 2>&1 &
 DISPATCHER=$!
 pids+=($DISPATCHER)
-T_FIRST=""; T_LAST=""
+T_FIRST=""; T_LAST=""; T_CPU=""
 # Scraping costs CPU on the same two cores: every 50 ms until the first record is consumed,
 # then every 500 ms; the end is the dispatcher's own timestamp of its last accepted email.
 for _ in $(seq 3000); do

@@ -187,7 +187,7 @@ impl From<lettre::transport::smtp::Error> for Failure {
 }
 
 /// An open SMTP session and what its server offers.
-pub struct Session {
+struct Session {
     conn: AsyncSmtpConnection,
     pipelining: bool,
 }

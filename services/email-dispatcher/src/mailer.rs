@@ -6,7 +6,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use std::time::Instant;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
 
 use lettre::Message;
 use lettre::address::Envelope;
@@ -186,6 +188,39 @@ impl From<lettre::transport::smtp::Error> for Failure {
     }
 }
 
+impl Failure {
+    fn into_send_error(self) -> SendError {
+        match self {
+            Self::Smtp(e) => classify(&e),
+            Self::Unsendable(why) => SendError::Permanent(why.into()),
+        }
+    }
+
+    /// The connection failed (not a reply from the server): on a session kept from earlier
+    /// use, the server probably closed it meanwhile.
+    fn is_network(&self) -> bool {
+        matches!(self, Self::Smtp(e) if !e.is_response())
+    }
+}
+
+/// One message waiting for a session, and where its result goes.
+struct Job {
+    envelope: Envelope,
+    /// The formatted message (our builder's output is ASCII or UTF-8).
+    message: String,
+    reply: oneshot::Sender<Result<(), SendError>>,
+}
+
+impl Job {
+    fn finish(self, result: Result<(), SendError>) {
+        if result.is_ok() {
+            metrics::counter!("tidings_email_bytes_total").increment(self.message.len() as u64);
+        }
+        // The sender stopped waiting only at shutdown; nothing is left to tell.
+        let _ = self.reply.send(result);
+    }
+}
+
 /// An open SMTP session and what its server offers.
 struct Session {
     conn: AsyncSmtpConnection,
@@ -193,41 +228,49 @@ struct Session {
 }
 
 impl Session {
-    /// Sends one message. With PIPELINING, MAIL, RCPT and DATA go out in one write and their
-    /// replies are read together; then the message and its end mark go out in one more write:
-    /// two round trips and two writes per message instead of four (lettre's own `send` makes
-    /// five writes). lettre's `command` writes whatever its argument displays, and its
-    /// `read_response` reads the replies that follow. Any error leaves replies unread, so the
-    /// caller drops the session.
-    async fn send(&mut self, envelope: &Envelope, email: &[u8]) -> Result<(), Failure> {
-        let Ok(text) = std::str::from_utf8(email) else {
-            // Never from our builder (its output is ASCII or UTF-8); lettre copes anyway.
-            return Ok(self.conn.send(envelope, email).await.map(drop)?);
-        };
-        let mail = Mail::new(
-            envelope.from().cloned(),
-            self.mail_parameters(envelope, email)?,
-        );
-        let rcpts = envelope.to().iter().map(|to| Rcpt::new(to.clone(), vec![]));
+    /// MAIL, RCPT and DATA for `job`, as one pipelined group (RFC 2920: DATA ends a group).
+    fn envelope_group(&self, job: &Job) -> Result<String, Failure> {
+        let mut group = Mail::new(
+            job.envelope.from().cloned(),
+            self.mail_parameters(&job.envelope, job.message.as_bytes())?,
+        )
+        .to_string();
+        for to in job.envelope.to() {
+            group.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+        }
+        group.push_str(&Data.to_string());
+        Ok(group)
+    }
+
+    /// The replies to `job`'s envelope, up to DATA's 354. lettre's `read_response` reads one
+    /// reply after another from what the server sent.
+    async fn read_envelope_replies(&mut self, job: &Job) -> Result<(), Failure> {
+        for _ in 0..job.envelope.to().len() + 2 {
+            self.conn.read_response().await?;
+        }
+        Ok(())
+    }
+
+    /// Opens `job`'s mail transaction: pipelined where the server offers it (one write, the
+    /// replies read together), else command by command.
+    async fn open(&mut self, job: &Job) -> Result<(), Failure> {
         if self.pipelining {
-            let mut group = mail.to_string();
-            for rcpt in rcpts {
-                group.push_str(&rcpt.to_string());
-            }
-            group.push_str(&Data.to_string());
+            let group = self.envelope_group(job)?;
+            // `command` writes whatever its argument displays and reads the first reply.
             self.conn.command(group).await?;
-            for _ in envelope.to() {
+            for _ in 0..job.envelope.to().len() + 1 {
                 self.conn.read_response().await?;
             }
-            self.conn.read_response().await?;
         } else {
-            self.conn.command(mail).await?;
-            for rcpt in rcpts {
-                self.conn.command(rcpt).await?;
+            let params = self.mail_parameters(&job.envelope, job.message.as_bytes())?;
+            self.conn
+                .command(Mail::new(job.envelope.from().cloned(), params))
+                .await?;
+            for to in job.envelope.to() {
+                self.conn.command(Rcpt::new(to.clone(), vec![])).await?;
             }
             self.conn.command(Data).await?;
         }
-        self.conn.command(data_block(text)).await?;
         Ok(())
     }
 
@@ -280,16 +323,103 @@ fn data_block(message: &str) -> String {
     out
 }
 
-/// Open SMTP sessions, reused message after message (no NOOP probe before each reuse: a
-/// session the server closed fails on its next command and is replaced at once).
+type Queue = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>;
+
+/// One SMTP session's worker: takes messages from the shared queue and sends them on its
+/// session, kept open between messages (no NOOP probe before reuse: a session the server
+/// closed fails on its next command and the message goes out on a new one).
+///
+/// With PIPELINING, a message's data and end mark go out in one write together with the
+/// envelope of the next queued message (RFC 2920 lets MAIL follow the end of data): under
+/// load each message costs one write and one round trip. Any error leaves replies unread,
+/// so the session is dropped; a message whose envelope was written but whose data was not
+/// is sent again on a new session (nothing of it was delivered).
+async fn session_worker(endpoint: Arc<Endpoint>, queue: Queue) {
+    let mut session: Option<Session> = None;
+    let mut carried: Option<Job> = None;
+    loop {
+        let job = match carried.take() {
+            Some(job) => job,
+            // Servers drop idle sessions after a while; ours are closed before that.
+            None => match tokio::time::timeout(IDLE_MAX, async {
+                queue.lock().await.recv().await
+            })
+            .await
+            {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(_) => {
+                    session = None;
+                    continue;
+                }
+            },
+        };
+        let (mut s, kept) = match session.take() {
+            Some(s) => (s, true),
+            None => match endpoint.connect().await {
+                Ok(s) => (s, false),
+                Err(e) => {
+                    job.finish(Err(e));
+                    continue;
+                }
+            },
+        };
+        match s.open(&job).await {
+            Ok(()) => {}
+            Err(f) if kept && f.is_network() => {
+                carried = Some(job);
+                continue;
+            }
+            Err(f) => {
+                job.finish(Err(f.into_send_error()));
+                continue;
+            }
+        }
+        let mut current = job;
+        // `current`'s envelope is accepted (354): its data goes next.
+        loop {
+            let follower = if s.pipelining {
+                queue.try_lock().ok().and_then(|mut rx| rx.try_recv().ok())
+            } else {
+                None
+            };
+            let mut block = data_block(&current.message);
+            let follower = match follower.map(|f| (s.envelope_group(&f), f)) {
+                Some((Ok(group), f)) => {
+                    block.push_str(&group);
+                    Some(f)
+                }
+                Some((Err(why), f)) => {
+                    f.finish(Err(why.into_send_error()));
+                    None
+                }
+                None => None,
+            };
+            if let Err(e) = s.conn.command(block).await {
+                current.finish(Err(classify(&e)));
+                carried = follower;
+                break;
+            }
+            current.finish(Ok(()));
+            let Some(follower) = follower else {
+                session = Some(s);
+                break;
+            };
+            if let Err(f) = s.read_envelope_replies(&follower).await {
+                follower.finish(Err(f.into_send_error()));
+                break;
+            }
+            current = follower;
+        }
+    }
+}
+
+/// Sends through a fixed set of SMTP sessions, each with its own worker: the pool size for
+/// notifications, plus a few kept aside so urgent mail never queues behind them.
 pub struct SmtpMailer {
-    endpoint: Endpoint,
     from: Mailbox,
-    idle: std::sync::Mutex<Vec<(Session, Instant)>>,
-    /// At most this many sessions at once: the pool size for notifications, plus a few
-    /// kept aside so urgent mail never queues behind them.
-    sessions: tokio::sync::Semaphore,
-    urgent_sessions: tokio::sync::Semaphore,
+    notifications: mpsc::UnboundedSender<Job>,
+    urgent: mpsc::UnboundedSender<Job>,
 }
 
 /// Sessions kept aside for urgent mail.
@@ -306,6 +436,8 @@ pub enum SmtpSetupError {
 }
 
 impl SmtpMailer {
+    /// Starts the session workers (on the current tokio runtime); they stop when the mailer
+    /// is dropped.
     pub fn new(
         url: &str,
         from: &str,
@@ -315,12 +447,19 @@ impl SmtpMailer {
         let from: Mailbox = from
             .parse()
             .map_err(|e| SmtpSetupError::From(format!("{e}")))?;
+        let endpoint = Arc::new(Endpoint::parse(url, timeout)?);
+        let pool = |workers: usize| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let queue: Queue = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..workers.max(1) {
+                tokio::spawn(session_worker(endpoint.clone(), queue.clone()));
+            }
+            tx
+        };
         Ok(Self {
-            endpoint: Endpoint::parse(url, timeout)?,
             from,
-            idle: std::sync::Mutex::new(Vec::new()),
-            sessions: tokio::sync::Semaphore::new(pool_size as usize),
-            urgent_sessions: tokio::sync::Semaphore::new(URGENT_SESSIONS),
+            notifications: pool(pool_size as usize),
+            urgent: pool(URGENT_SESSIONS),
         })
     }
 
@@ -357,24 +496,6 @@ impl SmtpMailer {
             )
             .map_err(|err| SendError::Permanent(format!("cannot build message: {err}")))
     }
-
-    fn take_idle(&self) -> Option<Session> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((session, since)) = idle.pop() {
-            if since.elapsed() < IDLE_MAX && !session.conn.has_broken() {
-                return Some(session);
-            }
-            // Stale: dropping closes the socket.
-        }
-        None
-    }
-
-    fn put_idle(&self, session: Session) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((session, Instant::now()));
-    }
 }
 
 /// `Auto-Submitted: auto-generated` (RFC 3834).
@@ -396,37 +517,23 @@ impl lettre::message::header::Header for AutoSubmitted {
 impl Mailer for SmtpMailer {
     async fn send(&self, email: &OutgoingEmail) -> Result<(), SendError> {
         let message = self.message(email)?;
-        let bytes = message.formatted();
-        let envelope = message.envelope();
-        let sessions = if email.urgent {
-            &self.urgent_sessions
+        let text = String::from_utf8(message.formatted())
+            .map_err(|_| SendError::Permanent("the built message is not UTF-8".into()))?;
+        let (reply, answer) = oneshot::channel();
+        let queue = if email.urgent {
+            &self.urgent
         } else {
-            &self.sessions
+            &self.notifications
         };
-        let _session = sessions
-            .acquire()
-            .await
-            .map_err(|_| SendError::Transient("mailer is shutting down".into()))?;
-        let mut reused = self.take_idle();
-        loop {
-            let was_reused = reused.is_some();
-            let mut session = match reused.take() {
-                Some(s) => s,
-                None => self.endpoint.connect().await?,
-            };
-            match session.send(envelope, &bytes).await {
-                Ok(()) => {
-                    metrics::counter!("tidings_email_bytes_total").increment(bytes.len() as u64);
-                    self.put_idle(session);
-                    return Ok(());
-                }
-                // A kept session the server closed meanwhile: try once more on a new one.
-                Err(Failure::Smtp(e)) if was_reused && !e.is_response() => continue,
-                // After an error the session is dropped: replies may be left unread.
-                Err(Failure::Smtp(e)) => return Err(classify(&e)),
-                Err(Failure::Unsendable(why)) => return Err(SendError::Permanent(why.into())),
-            }
-        }
+        let stopped = || SendError::Transient("mailer is shutting down".into());
+        queue
+            .send(Job {
+                envelope: message.envelope().clone(),
+                message: text,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 

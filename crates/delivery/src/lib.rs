@@ -8,5 +8,5 @@ mod outcome;
 mod retry;
 
 pub use log::{OutcomeMessage, Record, Recorded, SendLog, SendLogError};
-pub use outcome::{OutcomeEvents, outcome_relay};
+pub use outcome::OutcomeEvents;
 pub use retry::{Interrupted, Retry, pause, until_ok};

@@ -1,5 +1,5 @@
 //! Outcome events: what became of one notification, as a record for the notification-events
-//! topic (protobuf, CloudEvents headers, the trace continued), ready for the outbox.
+//! topic (protobuf, CloudEvents headers, the trace continued), ready to publish.
 
 use chrono::Utc;
 use prost::Message as _;
@@ -10,43 +10,6 @@ use tidings_proto::{DeliveryOutcome, notification_to_wire};
 use uuid::Uuid;
 
 use crate::log::OutcomeMessage;
-
-const OUTCOME_COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// The relay that publishes a dispatcher's outcome events from its outbox, and the signal
-/// its send log raises after queuing some.
-pub fn outcome_relay(
-    pool: sqlx::PgPool,
-    kafka: tidings_kafka::KafkaSettings,
-    topic: &str,
-    topics: tidings_kafka::TopicSettings,
-    poll_interval: std::time::Duration,
-    message_timeout: std::time::Duration,
-) -> Result<
-    (
-        tidings_kafka::OutboxRelay,
-        std::sync::Arc<tokio::sync::Notify>,
-    ),
-    tidings_kafka::KafkaError,
-> {
-    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let relay = tidings_kafka::OutboxRelay::new(
-        pool,
-        kafka,
-        tidings_kafka::RelayConfig {
-            batch_size: 500,
-            poll_interval,
-            message_timeout,
-            topics: vec![(topic.to_owned(), topics.partitions)],
-            replication: topics.replication,
-            wake: wake.clone(),
-            // Nobody waits on an outcome event by the millisecond; rounds at most every
-            // 20 ms publish them in larger batches.
-            coalesce: OUTCOME_COALESCE,
-        },
-    )?;
-    Ok((relay, wake))
-}
 
 /// Where a dispatcher's outcome events go and how they name their source.
 #[derive(Debug, Clone)]

@@ -104,10 +104,13 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
+    /// `defaults` holds the lanes and in-flight bound to use when the environment says
+    /// nothing.
     pub fn from_env<F: Fn(&str) -> Option<String>>(
         env: &mut tidings_telemetry::config::Env<F>,
         prefix: &str,
         default_group: &str,
+        defaults: (usize, usize),
     ) -> Self {
         let key = |k: &str| format!("{prefix}_{k}");
         let offset_reset = env.string(&key("OFFSET_RESET"), "earliest");
@@ -117,8 +120,8 @@ impl ConsumerSettings {
                 key("OFFSET_RESET")
             ));
         }
-        let lanes = env.parse(&key("LANES"), 64usize);
-        let max_in_flight = env.parse(&key("MAX_IN_FLIGHT"), 2000usize);
+        let lanes = env.parse(&key("LANES"), defaults.0);
+        let max_in_flight = env.parse(&key("MAX_IN_FLIGHT"), defaults.1);
         if lanes == 0 || max_in_flight == 0 {
             env.error(format!(
                 "{} and {} must be at least 1",

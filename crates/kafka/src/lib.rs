@@ -1,11 +1,13 @@
 //! Kafka for Tidings: producer and admin settings, idempotent topic creation, the
-//! CloudEvents binary-binding headers, the transactional-outbox relay, and the dispatchers'
-//! at-least-once consumer loop.
+//! CloudEvents binary-binding headers, the transactional-outbox relay, publishing with an
+//! awaited acknowledgement, and the dispatchers' at-least-once consumer loop.
 
 mod consumer;
+mod publish;
 mod relay;
 
 pub use consumer::{ConsumerConfig, ConsumerSettings, Delivery, Handler, Unhandled, run_consumer};
+pub use publish::Publisher;
 pub use rdkafka::error::KafkaError;
 pub use relay::{OutboxRelay, RelayConfig};
 
@@ -80,15 +82,20 @@ impl KafkaSettings {
     /// Idempotent, fully acknowledged, low-latency producer: ordering per partition survives
     /// retries, and nothing counts as sent until all in-sync replicas have it.
     pub fn producer(&self, message_timeout: Duration) -> Result<FutureProducer, KafkaError> {
-        self.client_config()
-            .set("enable.idempotence", "true")
+        self.producer_config(message_timeout).create()
+    }
+
+    /// The configuration [`KafkaSettings::producer`] creates, to adjust before creating.
+    pub fn producer_config(&self, message_timeout: Duration) -> ClientConfig {
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
             .set(
                 "message.timeout.ms",
                 message_timeout.as_millis().to_string(),
-            )
-            .create()
+            );
+        c
     }
 
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {

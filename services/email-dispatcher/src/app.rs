@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tidings_kafka::{ensure_topics, run_consumer};
+use tidings_kafka::{Publisher, ensure_topics, run_consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::handler::{AccessCodes, Dispatch, Links, TicketEvents};
 use crate::mailer::SmtpMailer;
-use tidings_delivery::{OutcomeEvents, SendLog, outcome_relay};
+use tidings_delivery::{OutcomeEvents, SendLog};
 use tidings_proto::events::v1::Channel;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -48,16 +48,11 @@ impl Application {
         }
 
         let shutdown = CancellationToken::new();
-        let (relay, wake) = outcome_relay(
-            pool.clone(),
-            config.kafka.clone(),
-            &config.notification_topic,
-            config.topics,
-            config.outbox_poll,
-            config.message_timeout,
-        )
-        .context("creating kafka producer")?;
-        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+        let outcomes = Arc::new(
+            Publisher::new(&config.kafka, config.topics, config.message_timeout)
+                .context("creating kafka producer")?,
+        );
+        let mut tasks = Vec::new();
 
         let mailer = SmtpMailer::new(
             &config.smtp_url,
@@ -68,7 +63,7 @@ impl Application {
         let dispatch = Arc::new(Dispatch {
             message_id_domain: mailer.from_domain(),
             mailer,
-            sends: SendLog::new(pool, "email_sends", wake),
+            sends: SendLog::new(pool, "email_sends", outcomes),
             links: Links {
                 customer_url: config.customer_url.clone(),
                 guest_url: config.guest_url.clone(),

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tidings_auth::Authenticator;
-use tidings_delivery::{OutcomeEvents, SendLog, outcome_relay};
+use tidings_delivery::{OutcomeEvents, SendLog};
 use tidings_domain::clock::Clock;
-use tidings_kafka::{ensure_topics, run_consumer};
+use tidings_kafka::{Publisher, ensure_topics, run_consumer};
 use tidings_proto::events::v1::Channel;
 use tidings_proto::push::v1::device_service_server::DeviceServiceServer;
 use tidings_proto::push::v1::preference_service_server::PreferenceServiceServer;
@@ -73,23 +73,18 @@ impl Application {
         }
 
         let shutdown = CancellationToken::new();
-        let (relay, wake) = outcome_relay(
-            pool.clone(),
-            config.kafka.clone(),
-            &config.notification_topic,
-            config.topics,
-            config.outbox_poll,
-            config.message_timeout,
-        )
-        .context("creating kafka producer")?;
-        let mut tasks = vec![tokio::spawn(relay.run(shutdown.clone()))];
+        let outcomes = Arc::new(
+            Publisher::new(&config.kafka, config.topics, config.message_timeout)
+                .context("creating kafka producer")?,
+        );
+        let mut tasks = Vec::new();
 
         let registry = Registry::new(pool.clone());
         let dispatch = Arc::new(Dispatch {
             apns,
             fcm,
             registry: registry.clone(),
-            sends: SendLog::new(pool, "push_sends", wake),
+            sends: SendLog::new(pool, "push_sends", outcomes),
             outcomes: OutcomeEvents {
                 topic: config.notification_topic.clone(),
                 source: config.ce_source.clone(),

@@ -36,7 +36,6 @@ pub struct Config {
     pub provider_timeout: Duration,
     pub retry: Retry,
     pub hold_poll: Duration,
-    pub outbox_poll: Duration,
     pub message_timeout: Duration,
     pub runtime: RuntimeSettings,
     pub ce_source: String,
@@ -79,8 +78,12 @@ impl Config {
         let dead_letter_topic =
             env.string("TIDINGS_PUSH_DLQ_TOPIC", "tidings.push-dispatcher.dlq.v1");
         let topics = TopicSettings::from_env(&mut env);
-        let consumer =
-            ConsumerSettings::from_env(&mut env, "TIDINGS_PUSH", "tidings-push-dispatcher");
+        let consumer = ConsumerSettings::from_env(
+            &mut env,
+            "TIDINGS_PUSH",
+            "tidings-push-dispatcher",
+            (64, 2000),
+        );
         let jwt = JwtSettings::from_env(&mut env);
         let apns_url = env.string("TIDINGS_APNS_URL", "https://api.push.apple.com");
         let apns_ca_file = env.raw("TIDINGS_APNS_CA_FILE").map(PathBuf::from);
@@ -107,7 +110,6 @@ impl Config {
             give_up_after: Duration::from_secs(env.parse("TIDINGS_PUSH_GIVE_UP_SECS", 300u64)),
         };
         let hold_poll = Duration::from_millis(env.parse("TIDINGS_PUSH_HOLD_POLL_MS", 1000u64));
-        let outbox_poll = Duration::from_millis(env.parse("TIDINGS_OUTBOX_POLL_MS", 500u64));
         let message_timeout =
             Duration::from_millis(env.parse("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", 5000u64));
         let runtime = RuntimeSettings::from_env(&mut env);
@@ -137,7 +139,6 @@ impl Config {
             provider_timeout,
             retry,
             hold_poll,
-            outbox_poll,
             message_timeout,
             runtime,
             ce_source,

@@ -20,19 +20,19 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// An idempotent producer (see [`KafkaSettings::producer`]); a topic the broker does not
-    /// know is created with `topics` (a broker that lost its topics, like a restarted tansu
-    /// with memory storage) and the publish fails, for the caller to retry.
+    /// An idempotent producer (see [`KafkaSettings::producer`]) that waits up to `linger`
+    /// to batch records; a topic the broker does not know is created with `topics` (a
+    /// broker that lost its topics, like a restarted tansu with memory storage) and the
+    /// publish fails, for the caller to retry.
     pub fn new(
         settings: &KafkaSettings,
         topics: TopicSettings,
         message_timeout: Duration,
+        linger: Duration,
     ) -> Result<Self, KafkaError> {
-        // Fewer, larger produce requests: at 14,000 outcome events/s a 1 ms linger kept the
-        // producer's broker thread at ~16 % of a core.
         let producer = settings
             .producer_config(message_timeout)
-            .set("linger.ms", "5")
+            .set("linger.ms", linger.as_millis().to_string())
             .create()?;
         Ok(Self {
             producer,

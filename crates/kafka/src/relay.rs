@@ -37,11 +37,6 @@ pub struct RelayConfig {
     pub replication: i32,
     /// Signalled by writers after each commit that added outbox rows.
     pub wake: Arc<Notify>,
-    /// The least time between two publishing rounds of a leader: rows that arrive meanwhile
-    /// go out together, in fewer produce requests and deletes. Zero for the ticket events
-    /// (every millisecond is notification latency); some milliseconds for events nobody
-    /// waits for.
-    pub coalesce: Duration,
 }
 
 pub struct OutboxRelay {
@@ -171,16 +166,7 @@ impl OutboxRelay {
             }
             match seat.as_mut() {
                 Some(s) if s.leader => match self.drain(&mut s.conn).await {
-                    Ok(_) => {
-                        backoff = Duration::from_millis(100);
-                        if !self.config.coalesce.is_zero() {
-                            // A wake-up meanwhile keeps its permit in the Notify.
-                            tokio::select! {
-                                _ = shutdown.cancelled() => {}
-                                _ = tokio::time::sleep(self.config.coalesce) => {}
-                            }
-                        }
-                    }
+                    Ok(_) => backoff = Duration::from_millis(100),
                     Err(RelayError::Database(e)) => {
                         // The lock may be gone with the connection: step down and start over.
                         tracing::warn!(error = %e, "outbox relay lost its connection; stepping down");

@@ -49,8 +49,15 @@ impl Application {
 
         let shutdown = CancellationToken::new();
         let outcomes = Arc::new(
-            Publisher::new(&config.kafka, config.topics, config.message_timeout)
-                .context("creating kafka producer")?,
+            // Fewer, larger produce requests: at 14,000 outcome events/s a 1 ms linger kept
+            // the producer's broker thread at ~16 % of a core.
+            Publisher::new(
+                &config.kafka,
+                config.topics,
+                config.message_timeout,
+                std::time::Duration::from_millis(5),
+            )
+            .context("creating kafka producer")?,
         );
         let mut tasks = Vec::new();
 

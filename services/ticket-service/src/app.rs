@@ -81,7 +81,6 @@ impl Application {
                 topics,
                 replication: config.topics.replication,
                 wake: outbox_wake.clone(),
-                coalesce: std::time::Duration::ZERO,
             },
         )
         .context("creating kafka producer")?;

@@ -462,4 +462,17 @@ impl TestDispatcher {
             .await
             .expect("count query")
     }
+
+    /// The number of sends recorded as sent, once it has reached `n`. A send is recorded
+    /// after its outcome event is acknowledged, so shortly after the mail arrives; more than
+    /// `n` fails the caller's assertion rather than the wait.
+    pub async fn sent_records(&self, n: i64) -> i64 {
+        let sql = "SELECT count(*) FROM email_sends WHERE outcome = 'sent'";
+        crate::eventually(
+            std::time::Duration::from_secs(10),
+            &format!("{n} sends recorded"),
+            || async { Some(self.count(sql).await).filter(|&c| c >= n) },
+        )
+        .await
+    }
 }

@@ -1,5 +1,5 @@
-//! The real dispatcher binary is killed (SIGKILL) after it mailed, before it committed the
-//! offsets: a restarted dispatcher in the same group reads the events again and mails nothing
+//! The real dispatcher binary is killed (SIGKILL) after it mailed and recorded the sends,
+//! before it committed the offsets: a restarted dispatcher in the same group reads the events again and mails nothing
 //! twice, because the send record says what went out.
 
 use std::process::Stdio;
@@ -63,6 +63,13 @@ async fn a_dispatcher_killed_before_committing_mails_nothing_twice_after_restart
         .ticket_id;
     agent_reply(&app, &ticket, "First answer").await;
     inbox.wait_for(&address, 2, Duration::from_secs(60)).await;
+    // Killed once both sends are recorded (just after the mails arrive: a record waits for
+    // its outcome event's acknowledgement), before any offset is committed.
+    let recorded = format!("SELECT count(*) FROM \"{schema}\".email_sends WHERE outcome = 'sent'");
+    eventually(Duration::from_secs(10), "both sends recorded", || async {
+        (app.count(&recorded).await == 2).then_some(())
+    })
+    .await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 

@@ -33,7 +33,6 @@ pub enum Recorded {
 /// An outcome event, published before its record is written.
 #[derive(Clone)]
 pub struct OutcomeMessage {
-    pub event_id: Uuid,
     pub topic: String,
     pub key: Vec<u8>,
     pub value: Vec<u8>,

@@ -7,7 +7,6 @@ use tidings_domain::TicketUpdate;
 use tidings_kafka::CloudEvent;
 use tidings_proto::events::v1::Channel;
 use tidings_proto::{DeliveryOutcome, notification_to_wire};
-use uuid::Uuid;
 
 use crate::log::OutcomeMessage;
 
@@ -47,7 +46,6 @@ impl OutcomeEvents {
         }
         .headers();
         OutcomeMessage {
-            event_id: Uuid::parse_str(&id).unwrap_or_else(|_| Uuid::now_v7()),
             topic: self.topic.clone(),
             key: subject.into_bytes(),
             value: wire.encode_to_vec(),

@@ -18,6 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use tidings_telemetry::config::Env;
@@ -101,6 +102,19 @@ impl KafkaSettings {
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
         self.client_config().create()
     }
+}
+
+/// String headers (CloudEvents attributes, `traceparent`) as librdkafka takes them.
+pub(crate) fn owned_headers(headers: &[(String, String)]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        },
+    )
 }
 
 /// Creates topics that are missing; existing ones are left as they are.

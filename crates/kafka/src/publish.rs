@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::{KafkaSettings, TopicSettings, ensure_topics};
+use crate::{KafkaSettings, TopicSettings, ensure_topics, owned_headers};
 
 pub struct Publisher {
     producer: FutureProducer,
@@ -50,14 +49,10 @@ impl Publisher {
         value: &[u8],
         headers: &[(String, String)],
     ) -> Result<(), KafkaError> {
-        let mut h = OwnedHeaders::new_with_capacity(headers.len());
-        for (k, v) in headers {
-            h = h.insert(Header {
-                key: k,
-                value: Some(v.as_bytes()),
-            });
-        }
-        let record = FutureRecord::to(topic).key(key).payload(value).headers(h);
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(value)
+            .headers(owned_headers(headers));
         match self
             .producer
             .send(record, rdkafka::util::Timeout::After(self.timeout))

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::postgres::{PgConnection, PgListener};
 use sqlx::{Connection, PgPool, Row};
@@ -303,17 +302,10 @@ impl OutboxRelay {
         // Enqueue the whole batch, then wait for every acknowledgement. The idempotent
         // producer keeps per-partition order even when it retries internally.
         let deliveries = rows.iter().map(|row| {
-            let mut headers = OwnedHeaders::new_with_capacity(row.headers.len());
-            for (k, v) in &row.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v.as_bytes()),
-                });
-            }
             let record = FutureRecord::to(&row.topic)
                 .key(&row.key)
                 .payload(&row.value)
-                .headers(headers);
+                .headers(crate::owned_headers(&row.headers));
             self.producer.send(
                 record,
                 rdkafka::util::Timeout::After(self.config.message_timeout),

@@ -214,15 +214,18 @@ impl Failure {
 /// One message waiting for a session, and where its result goes.
 struct Job {
     envelope: Envelope,
-    /// The formatted message (our builder's output is ASCII or UTF-8).
-    message: String,
+    /// The message's DATA block, built by the sender's task, so that a session worker
+    /// between two round trips has only to write it.
+    data: String,
+    /// The message's size, for `tidings_email_bytes_total`.
+    size: usize,
     reply: oneshot::Sender<Result<(), SendError>>,
 }
 
 impl Job {
     fn finish(self, result: Result<(), SendError>) {
         if result.is_ok() {
-            metrics::counter!("tidings_email_bytes_total").increment(self.message.len() as u64);
+            metrics::counter!("tidings_email_bytes_total").increment(self.size as u64);
         }
         // The sender stopped waiting only at shutdown; nothing is left to tell.
         let _ = self.reply.send(result);
@@ -240,7 +243,7 @@ impl Session {
     fn envelope_group(&self, job: &Job) -> Result<String, Failure> {
         let mut group = Mail::new(
             job.envelope.from().cloned(),
-            self.mail_parameters(&job.envelope, job.message.as_bytes())?,
+            self.mail_parameters(&job.envelope, job.data.as_bytes())?,
         )
         .to_string();
         for to in job.envelope.to() {
@@ -270,7 +273,7 @@ impl Session {
                 self.conn.read_response().await?;
             }
         } else {
-            let params = self.mail_parameters(&job.envelope, job.message.as_bytes())?;
+            let params = self.mail_parameters(&job.envelope, job.data.as_bytes())?;
             self.conn
                 .command(Mail::new(job.envelope.from().cloned(), params))
                 .await?;
@@ -396,7 +399,7 @@ async fn session_worker(
             } else {
                 None
             };
-            let mut block = data_block(&current.message);
+            let mut block = std::mem::take(&mut current.data);
             let follower = match follower.map(|f| (s.envelope_group(&f), f)) {
                 Some((Ok(group), f)) => {
                     block.push_str(&group);
@@ -591,7 +594,8 @@ impl Mailer for SmtpMailer {
         queue
             .send(Job {
                 envelope: message.envelope().clone(),
-                message: text,
+                data: data_block(&text),
+                size: text.len(),
                 reply,
             })
             .map_err(|_| stopped())?;

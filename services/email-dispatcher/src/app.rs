@@ -16,6 +16,9 @@ use tidings_proto::events::v1::Channel;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Lanes of the access-codes consumer, at most.
+const CODE_LANES: usize = 64;
+
 pub struct Application {
     admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
@@ -93,12 +96,16 @@ impl Application {
             dlq,
         );
         // Codes have their own group and loop: never behind a backlog of notifications.
-        let codes = config.consumer.consumer(
+        let mut codes = config.consumer.consumer(
             "access-codes",
             Some(format!("{}.codes", config.consumer.group_id)),
             vec![config.access_codes_topic.clone()],
             dlq,
         );
+        // At most one code a minute per ticket (the ticket service's limit): a few lanes
+        // keep up, and idle lanes are memory.
+        codes.lanes = codes.lanes.min(CODE_LANES);
+        codes.max_in_flight = codes.max_in_flight.min(4 * CODE_LANES);
         for (cfg, handler) in [(events, 0), (codes, 1)] {
             let settings = config.kafka.clone();
             let stop = shutdown.clone();

@@ -3,6 +3,7 @@
 //! a link bound to their address — once per event and recipient.
 
 pub mod app;
+mod compose;
 pub mod config;
 pub mod handler;
 pub mod mailer;

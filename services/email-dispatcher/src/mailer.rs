@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::oneshot;
 
-use lettre::Message;
+use crate::compose;
+
 use lettre::address::Envelope;
-use lettre::message::header::ContentTransferEncoding;
-use lettre::message::header::ContentType;
-use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
+use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
@@ -315,25 +314,6 @@ impl Session {
     }
 }
 
-/// The DATA block of RFC 5321 4.1.1.4 in one piece: the message with every line that starts
-/// with "." dot-stuffed (4.5.2), then the end mark. lettre's `message` does the same byte by
-/// byte and writes the end mark separately (an extra segment the server must read).
-fn data_block(message: &str) -> String {
-    let mut out = String::with_capacity(message.len() + 8);
-    let mut rest = message;
-    if rest.starts_with('.') {
-        out.push('.');
-    }
-    while let Some(i) = rest.find("\n.") {
-        out.push_str(&rest[..=i]);
-        out.push('.');
-        rest = &rest[i + 1..];
-    }
-    out.push_str(rest);
-    out.push_str("\r\n.\r\n");
-    out
-}
-
 /// One SMTP session's worker: takes messages from the shared queue and sends them on its
 /// session, kept open between messages (no NOOP probe before reuse: a session the server
 /// closed fails on its next command and the message goes out on a new one).
@@ -434,6 +414,8 @@ async fn session_worker(
 /// notifications, plus a few kept aside so urgent mail never queues behind them.
 pub struct SmtpMailer {
     from: Mailbox,
+    /// The `From:` header line, encoded once.
+    from_line: String,
     notifications: flume::Sender<Job>,
     urgent: flume::Sender<Job>,
     /// Whether the server takes 8-bit bodies (8BITMIME, RFC 6152), as the last session that
@@ -504,6 +486,7 @@ impl SmtpMailer {
             })
             .map_err(SmtpSetupError::Thread)?;
         Ok(Self {
+            from_line: compose::from_line(&from),
             from,
             notifications,
             urgent,
@@ -515,99 +498,22 @@ impl SmtpMailer {
     pub fn from_domain(&self) -> String {
         self.from.email.domain().to_owned()
     }
-
-    fn message(&self, e: &OutgoingEmail) -> Result<Message, SendError> {
-        let to: Mailbox = e
-            .to
-            .parse()
-            .map_err(|err| SendError::Permanent(format!("invalid recipient {:?}: {err}", e.to)))?;
-        // Given, lettre need not parse the To header back to find the recipients.
-        let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()])
-            .map_err(|err| SendError::Permanent(format!("cannot build envelope: {err}")))?;
-        let eight_bit = self.eight_bit.load(Ordering::Relaxed);
-        Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .envelope(envelope)
-            .subject(e.subject.clone())
-            .message_id(Some(e.message_id.clone()))
-            .date_now()
-            // Notification-only: tell well-behaved auto-responders not to answer.
-            .header(AutoSubmitted)
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_PLAIN)
-                            .body(body(&e.text, eight_bit)),
-                    )
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_HTML)
-                            .body(body(&e.html, eight_bit)),
-                    ),
-            )
-            .map_err(|err| SendError::Permanent(format!("cannot build message: {err}")))
-    }
-}
-
-/// A text body as it goes on the wire. Where it can, as is (7bit, or 8bit where the server
-/// offers 8BITMIME): lines end in CRLF and none is longer than RFC 5322's 998 octets.
-/// Otherwise lettre chooses (quoted-printable or base64 past 76 characters a line, or for
-/// non-ASCII text without 8BITMIME). Quoted-printable encoding was the largest single cost of
-/// building a message (about a tenth of the dispatcher's CPU in the benchmark).
-fn body(text: &str, eight_bit: bool) -> Body {
-    match as_is(text, eight_bit) {
-        Some(body) => body,
-        None => Body::new(text.to_owned()),
-    }
-}
-
-fn as_is(text: &str, eight_bit: bool) -> Option<Body> {
-    let encoding = if text.is_ascii() {
-        ContentTransferEncoding::SevenBit
-    } else if eight_bit {
-        ContentTransferEncoding::EightBit
-    } else {
-        return None;
-    };
-    let mut wire = Vec::with_capacity(text.len() + text.len() / 16);
-    let mut lines = text.split('\n').peekable();
-    while let Some(line) = lines.next() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        // A bare CR or a NUL may not appear in 7bit or 8bit data (RFC 2045 2.7, 2.8).
-        if line.len() > 998 || line.bytes().any(|b| b == b'\r' || b == 0) {
-            return None;
-        }
-        wire.extend_from_slice(line.as_bytes());
-        if lines.peek().is_some() {
-            wire.extend_from_slice(b"\r\n");
-        }
-    }
-    Some(Body::dangerous_pre_encoded(wire, encoding))
-}
-
-/// `Auto-Submitted: auto-generated` (RFC 3834).
-#[derive(Clone)]
-struct AutoSubmitted;
-
-impl lettre::message::header::Header for AutoSubmitted {
-    fn name() -> lettre::message::header::HeaderName {
-        lettre::message::header::HeaderName::new_from_ascii_str("Auto-Submitted")
-    }
-    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(Self)
-    }
-    fn display(&self) -> lettre::message::header::HeaderValue {
-        lettre::message::header::HeaderValue::new(Self::name(), "auto-generated".into())
-    }
 }
 
 impl Mailer for SmtpMailer {
     async fn send(&self, email: &OutgoingEmail) -> Result<(), SendError> {
-        let message = self.message(email)?;
-        let text = String::from_utf8(message.formatted())
-            .map_err(|_| SendError::Permanent("the built message is not UTF-8".into()))?;
+        let to: lettre::Address = email.to.parse().map_err(|err| {
+            SendError::Permanent(format!("invalid recipient {:?}: {err}", email.to))
+        })?;
+        let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.clone()])
+            .map_err(|err| SendError::Permanent(format!("cannot build envelope: {err}")))?;
+        let data = compose::data_block(
+            &self.from_line,
+            &to,
+            email,
+            self.eight_bit.load(Ordering::Relaxed),
+            chrono::Utc::now(),
+        );
         let (reply, answer) = oneshot::channel();
         let queue = if email.urgent {
             &self.urgent
@@ -617,9 +523,9 @@ impl Mailer for SmtpMailer {
         let stopped = || SendError::Transient("mailer is shutting down".into());
         queue
             .send(Job {
-                envelope: message.envelope().clone(),
-                data: data_block(&text),
-                size: text.len(),
+                envelope,
+                size: data.len(),
+                data,
                 reply,
             })
             .map_err(|_| stopped())?;
@@ -638,62 +544,6 @@ fn classify(e: &lettre::transport::smtp::Error) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn wire(body: &Body) -> (&str, ContentTransferEncoding) {
-        (std::str::from_utf8(body.as_ref()).unwrap(), body.encoding())
-    }
-
-    #[test]
-    fn text_goes_as_is_with_crlf_line_ends_when_the_wire_can_take_it() {
-        // Given ASCII text with LF and CRLF line ends and a 200-character line
-        let long = "x".repeat(200);
-        let text = format!("Hello\nsecond line\r\n{long}\n");
-        // When it becomes a body, for a server with or without 8BITMIME
-        for eight_bit in [false, true] {
-            let b = body(&text, eight_bit);
-            // Then it is 7bit, unchanged but for CRLF line ends (no quoted-printable)
-            assert_eq!(
-                wire(&b),
-                (
-                    format!("Hello\r\nsecond line\r\n{long}\r\n").as_str(),
-                    ContentTransferEncoding::SevenBit
-                )
-            );
-        }
-        // Non-ASCII text goes as 8bit only where the server offers it
-        let b = body("Il tuo ticket è stato aggiornato", true);
-        assert_eq!(
-            wire(&b),
-            (
-                "Il tuo ticket è stato aggiornato",
-                ContentTransferEncoding::EightBit
-            )
-        );
-        let b = body("Il tuo ticket è stato aggiornato", false);
-        assert_eq!(b.encoding(), ContentTransferEncoding::QuotedPrintable);
-    }
-
-    #[test]
-    fn text_the_wire_cannot_take_as_is_is_left_to_lettre() {
-        // A bare CR, a NUL, or a line over RFC 5322's 998 octets
-        for text in ["a\rb", "a\0b", &"y".repeat(999)] {
-            assert!(as_is(text, true).is_none(), "{text:?}");
-        }
-        assert_eq!(
-            body(&"y".repeat(999), true).encoding(),
-            ContentTransferEncoding::QuotedPrintable
-        );
-    }
-
-    #[test]
-    fn data_blocks_dot_stuff_lines_and_end_with_the_end_mark() {
-        assert_eq!(data_block("a\r\nb"), "a\r\nb\r\n.\r\n");
-        assert_eq!(
-            data_block(".x\r\n.\r\n..y\r\nz."),
-            "..x\r\n..\r\n...y\r\nz.\r\n.\r\n"
-        );
-        assert_eq!(data_block(""), "\r\n.\r\n");
-    }
 
     #[test]
     fn smtp_urls_choose_security_port_and_credentials() {

@@ -1,0 +1,282 @@
+//! A notification email in its wire form, built in one pass: the DATA block of RFC 5321
+//! 4.1.1.4 (CRLF line ends, every line that starts with "." dot-stuffed, the end mark), ready
+//! for a session to write.
+//!
+//! Every notification has the same shape: a few headers and a multipart/alternative of a text
+//! and an HTML part. lettre's `Message` builds the same through a builder, a random boundary,
+//! header maps and three copies of the body (encode, format, dot-stuff): 23 % of the
+//! dispatcher's CPU in the benchmark. Here each body is copied once. Headers that carry
+//! user text (To, Subject) and the sender still go through lettre's encoders (RFC 2047,
+//! folding), so no input can add a header or a line.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use lettre::message::header::{self, ContentTransferEncoding, Headers};
+use lettre::message::{Body, Mailbox, Mailboxes};
+
+use crate::mailer::OutgoingEmail;
+
+/// The `From:` line, encoded once for every message.
+pub(crate) fn from_line(from: &Mailbox) -> String {
+    let mut h = Headers::with_capacity(1);
+    h.set(header::From::from(Mailboxes::from(from.clone())));
+    h.to_string()
+}
+
+/// `e` as a DATA block for `to` (a parsed address). Bodies go as they are where the wire can
+/// take them (see [`as_is`]), else quoted-printable or base64 as lettre chooses.
+pub(crate) fn data_block(
+    from_line: &str,
+    to: &lettre::Address,
+    e: &OutgoingEmail,
+    eight_bit: bool,
+    now: DateTime<Utc>,
+) -> String {
+    let mut out = String::with_capacity(1024 + e.text.len() + e.html.len());
+    out.push_str(from_line);
+    let mut h = Headers::with_capacity(2);
+    h.set(header::To::from(Mailboxes::from(Mailbox::new(
+        None,
+        to.clone(),
+    ))));
+    h.set(header::Subject::from(e.subject.clone()));
+    let _ = write!(out, "{h}");
+    let _ = write!(
+        out,
+        "Message-ID: {}\r\nDate: {}\r\n",
+        e.message_id,
+        now.format("%a, %d %b %Y %H:%M:%S +0000")
+    );
+    // Notification-only: tell well-behaved auto-responders not to answer (RFC 3834).
+    out.push_str("Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n");
+    let boundary = boundary(e);
+    let _ = write!(
+        out,
+        "Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n\r\n"
+    );
+    for (kind, text) in [("plain", &e.text), ("html", &e.html)] {
+        let _ = write!(
+            out,
+            "--{boundary}\r\nContent-Type: text/{kind}; charset=utf-8\r\n"
+        );
+        match as_is(text, eight_bit) {
+            Some(encoding) => {
+                let _ = write!(out, "Content-Transfer-Encoding: {}\r\n\r\n", name(encoding));
+                push_lines(&mut out, text);
+            }
+            None => {
+                let body = Body::new(text.to_owned());
+                let _ = write!(
+                    out,
+                    "Content-Transfer-Encoding: {}\r\n\r\n",
+                    name(body.encoding())
+                );
+                // quoted-printable and base64 are ASCII.
+                push_lines(&mut out, &String::from_utf8_lossy(body.as_ref()));
+            }
+        }
+        out.push_str("\r\n");
+    }
+    let _ = write!(out, "--{boundary}--\r\n.\r\n");
+    out
+}
+
+/// Derived from the Message-ID (unique per event and recipient, minted after the text was
+/// written, so no one can put it in a body), and checked against the bodies all the same.
+fn boundary(e: &OutgoingEmail) -> String {
+    let id = e
+        .message_id
+        .trim_matches(['<', '>'])
+        .split('@')
+        .next()
+        .unwrap_or_default();
+    let mut b = format!("=_tidings_{id}");
+    while e.text.contains(&b) || e.html.contains(&b) {
+        b.push('_');
+    }
+    b
+}
+
+/// Whether `text` can go on the wire unencoded, and as what: 7bit, or 8bit where the server
+/// offers 8BITMIME; no line over RFC 5322's 998 octets, no bare CR, no NUL (RFC 2045 2.7,
+/// 2.8). Quoted-printable was the largest single cost of building a message (about a tenth
+/// of the dispatcher's CPU).
+fn as_is(text: &str, eight_bit: bool) -> Option<ContentTransferEncoding> {
+    let encoding = if text.is_ascii() {
+        ContentTransferEncoding::SevenBit
+    } else if eight_bit {
+        ContentTransferEncoding::EightBit
+    } else {
+        return None;
+    };
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.len() > 998 || line.bytes().any(|b| b == b'\r' || b == 0) {
+            return None;
+        }
+    }
+    Some(encoding)
+}
+
+/// `text`'s lines with CRLF between them, each that starts with "." dot-stuffed (RFC 5321
+/// 4.5.2).
+fn push_lines(out: &mut String, text: &str) {
+    let mut lines = text.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.starts_with('.') {
+            out.push('.');
+        }
+        out.push_str(line);
+        if lines.peek().is_some() {
+            out.push_str("\r\n");
+        }
+    }
+}
+
+fn name(encoding: ContentTransferEncoding) -> &'static str {
+    match encoding {
+        ContentTransferEncoding::SevenBit => "7bit",
+        ContentTransferEncoding::EightBit => "8bit",
+        ContentTransferEncoding::QuotedPrintable => "quoted-printable",
+        ContentTransferEncoding::Base64 => "base64",
+        ContentTransferEncoding::Binary => "binary",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email(subject: &str, text: &str, html: &str) -> OutgoingEmail {
+        OutgoingEmail {
+            to: "ada@example.com".into(),
+            message_id: "<0b7e5c2a-1111-5222-8333-944445555666@tidings.example>".into(),
+            subject: subject.into(),
+            text: text.into(),
+            html: html.into(),
+            urgent: false,
+        }
+    }
+
+    fn block(e: &OutgoingEmail, eight_bit: bool) -> String {
+        let from: Mailbox = "Tidings <no-reply@tidings.example>".parse().unwrap();
+        let to: lettre::Address = e.to.parse().unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-11-25T14:05:09Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        data_block(&from_line(&from), &to, e, eight_bit, now)
+    }
+
+    /// Undoes the DATA framing: what the server stores.
+    fn message(block: &str) -> String {
+        let body = block.strip_suffix(".\r\n").expect("ends with the end mark");
+        body.split("\r\n")
+            .map(|l| l.strip_prefix('.').unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    #[test]
+    fn a_notification_is_a_multipart_alternative_with_its_headers_and_the_end_mark() {
+        // Given an email with ASCII text, HTML and subject
+        let e = email("Your ticket 12345 was updated", "Hi\nSee it", "<p>Hi</p>");
+        // When it is composed for a server with 8BITMIME
+        let b = block(&e, true);
+        // Then the headers, both parts as they are (7bit) and the end mark are there
+        let boundary = "=_tidings_0b7e5c2a-1111-5222-8333-944445555666";
+        assert_eq!(
+            b,
+            format!(
+                "From: Tidings <no-reply@tidings.example>\r\n\
+                 To: ada@example.com\r\n\
+                 Subject: Your ticket 12345 was updated\r\n\
+                 Message-ID: <0b7e5c2a-1111-5222-8333-944445555666@tidings.example>\r\n\
+                 Date: Wed, 25 Nov 2026 14:05:09 +0000\r\n\
+                 Auto-Submitted: auto-generated\r\n\
+                 MIME-Version: 1.0\r\n\
+                 Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n\
+                 \r\n\
+                 --{boundary}\r\n\
+                 Content-Type: text/plain; charset=utf-8\r\n\
+                 Content-Transfer-Encoding: 7bit\r\n\
+                 \r\n\
+                 Hi\r\nSee it\r\n\
+                 --{boundary}\r\n\
+                 Content-Type: text/html; charset=utf-8\r\n\
+                 Content-Transfer-Encoding: 7bit\r\n\
+                 \r\n\
+                 <p>Hi</p>\r\n\
+                 --{boundary}--\r\n\
+                 .\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn user_text_in_the_subject_is_encoded_and_cannot_add_a_header() {
+        // Given a subject with a CRLF header trick and non-ASCII text
+        let e = email("è\r\nBcc: eve@example.com", "x", "x");
+        // When composed
+        let m = message(&block(&e, true));
+        let headers = m.split("\r\n\r\n").next().unwrap();
+        // Then no line of the header block is a Bcc, and the subject is RFC 2047-encoded ASCII
+        assert!(headers.lines().all(|l| !l.starts_with("Bcc")), "{headers}");
+        let subject = headers.lines().find(|l| l.starts_with("Subject:")).unwrap();
+        assert!(
+            subject.is_ascii() && subject.contains("=?utf-8?"),
+            "{subject}"
+        );
+    }
+
+    #[test]
+    fn lines_that_start_with_a_dot_are_stuffed_and_the_server_gets_them_back() {
+        // Given text whose lines start with dots (one is a lone dot: the end mark itself)
+        let e = email("s", ".x\n.\n..y\nz.", "<p>.</p>");
+        // When composed
+        let b = block(&e, false);
+        // Then each such line gets one more dot, and undoing the framing restores them
+        assert!(b.contains("\r\n..x\r\n..\r\n...y\r\nz.\r\n"), "{b}");
+        assert!(message(&b).contains("\r\n.x\r\n.\r\n..y\r\nz.\r\n"));
+        assert_eq!(b.matches("\r\n.\r\n").count(), 1, "one end mark");
+    }
+
+    #[test]
+    fn text_goes_as_is_where_the_wire_can_take_it_and_encoded_where_not() {
+        // Given ASCII text with LF and CRLF line ends and a 200-character line: 7bit as is
+        let long = "x".repeat(200);
+        let text = format!("Hello\nsecond line\r\n{long}\n");
+        for eight_bit in [false, true] {
+            assert_eq!(
+                as_is(&text, eight_bit),
+                Some(ContentTransferEncoding::SevenBit)
+            );
+        }
+        let b = block(&email("s", &text, "h"), false);
+        assert!(b.contains(&format!("\r\n\r\nHello\r\nsecond line\r\n{long}\r\n\r\n--")));
+        // Non-ASCII text goes as 8bit only where the server offers it
+        let it = "Il tuo ticket è stato aggiornato";
+        assert_eq!(as_is(it, true), Some(ContentTransferEncoding::EightBit));
+        assert!(block(&email("s", it, "h"), true).contains(it));
+        let b = block(&email("s", it, "h"), false);
+        assert!(b.is_ascii() && b.contains("quoted-printable"), "{b}");
+        // A bare CR, a NUL or a line over 998 octets is never sent as is
+        for bad in ["a\rb", "a\0b", &"y".repeat(999)] {
+            assert_eq!(as_is(bad, true), None, "{bad:?}");
+        }
+        let b = block(&email("s", &"y".repeat(999), "h"), true);
+        assert!(b.lines().all(|l| l.len() <= 78), "encoded lines are short");
+    }
+
+    #[test]
+    fn a_body_that_holds_the_boundary_gets_another() {
+        let e = email(
+            "s",
+            "--=_tidings_0b7e5c2a-1111-5222-8333-944445555666\nBcc: x",
+            "h",
+        );
+        let b = boundary(&e);
+        assert!(!e.text.contains(&b), "{b}");
+    }
+}

@@ -292,6 +292,10 @@ pub async fn run_consumer<H: Handler>(
             // librdkafka prefetches up to 64 MB per consumer by default; the lanes hold at
             // most `max_in_flight` records anyway, so a few MB keep them fed.
             .set("queued.max.messages.kbytes", "8192")
+            // When that queue is full librdkafka postpones the partition's next fetch by this
+            // much (1 s by default; its documentation says to lower it with a low queue
+            // bound): the last records of a backlog trickled in for up to a second.
+            .set("fetch.queue.backoff.ms", "20")
             .create_with_context(TrackingContext {
                 tracker: tracker.clone(),
                 name: config.name,

@@ -25,7 +25,7 @@ pub(crate) fn from_line(from: &Mailbox) -> String {
 }
 
 /// `e` as a DATA block for `to` (a parsed address). Bodies go as they are where the wire can
-/// take them (see [`as_is`]), else quoted-printable or base64 as lettre chooses.
+/// take them (see [`push_lines`]), else quoted-printable.
 pub(crate) fn data_block(
     from_line: &str,
     to: &lettre::Address,
@@ -42,89 +42,97 @@ pub(crate) fn data_block(
     ))));
     h.set(header::Subject::from(e.subject.clone()));
     let _ = write!(out, "{h}");
-    let _ = write!(
-        out,
-        "Message-ID: {}\r\nDate: {}\r\n",
-        e.message_id,
-        now.format("%a, %d %b %Y %H:%M:%S +0000")
-    );
+    out.push_str("Message-ID: ");
+    out.push_str(&e.message_id);
+    out.push_str("\r\nDate: ");
+    out.push_str(&now.to_rfc2822());
     // Notification-only: tell well-behaved auto-responders not to answer (RFC 3834).
-    out.push_str("Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n");
-    let boundary = boundary(e);
-    let _ = write!(
-        out,
-        "Content-Type: multipart/alternative;\r\n boundary=\"{boundary}\"\r\n\r\n"
-    );
+    out.push_str("\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n");
+    let boundary = boundary(&e.message_id);
+    out.push_str("Content-Type: multipart/alternative;\r\n boundary=\"");
+    out.push_str(&boundary);
+    out.push_str("\"\r\n\r\n");
     for (kind, text) in [("plain", &e.text), ("html", &e.html)] {
-        let _ = write!(
-            out,
-            "--{boundary}\r\nContent-Type: text/{kind}; charset=utf-8\r\n"
-        );
-        match as_is(text, eight_bit) {
-            Some(encoding) => {
-                let _ = write!(out, "Content-Transfer-Encoding: {}\r\n\r\n", name(encoding));
-                push_lines(&mut out, text);
-            }
-            None => {
-                let body = Body::new(text.to_owned());
-                let _ = write!(
-                    out,
-                    "Content-Transfer-Encoding: {}\r\n\r\n",
-                    name(body.encoding())
-                );
-                // quoted-printable and base64 are ASCII.
-                push_lines(&mut out, &String::from_utf8_lossy(body.as_ref()));
-            }
+        out.push_str("--");
+        out.push_str(&boundary);
+        out.push_str("\r\nContent-Type: text/");
+        out.push_str(kind);
+        out.push_str("; charset=utf-8\r\nContent-Transfer-Encoding: ");
+        let start = out.len();
+        let as_is = encoding_as_is(text, eight_bit).is_some_and(|encoding| {
+            out.push_str(name(encoding));
+            out.push_str("\r\n\r\n");
+            push_lines(&mut out, text)
+        });
+        if !as_is {
+            out.truncate(start);
+            // Quoted-printable takes any text (lettre's own choice would send short ASCII
+            // lines as they are, a boundary-like line too).
+            let body =
+                Body::new_with_encoding(text.to_owned(), ContentTransferEncoding::QuotedPrintable)
+                    .unwrap_or_else(|raw| {
+                        Body::new_with_encoding(raw, ContentTransferEncoding::Base64)
+                            .expect("base64 takes any bytes")
+                    });
+            out.push_str(name(body.encoding()));
+            out.push_str("\r\n\r\n");
+            // Quoted-printable and base64 are ASCII, and neither has a line that starts
+            // with "--=_".
+            let fits = push_lines(&mut out, &String::from_utf8_lossy(body.as_ref()));
+            debug_assert!(fits, "encoded text always goes on the wire");
         }
         out.push_str("\r\n");
     }
-    let _ = write!(out, "--{boundary}--\r\n.\r\n");
+    out.push_str("--");
+    out.push_str(&boundary);
+    out.push_str("--\r\n.\r\n");
     out
 }
 
-/// Derived from the Message-ID (unique per event and recipient, minted after the text was
-/// written, so no one can put it in a body), and checked against the bodies all the same.
-fn boundary(e: &OutgoingEmail) -> String {
-    let id = e
-        .message_id
+/// Derived from the Message-ID: unique per event and recipient, and minted after the text
+/// was written, so no one can put it in a body. All the same, a body with a line that could
+/// start a delimiter of this shape ("--=_") is never sent as is (see [`push_lines`]):
+/// encoded, it cannot hold one.
+fn boundary(message_id: &str) -> String {
+    let id = message_id
         .trim_matches(['<', '>'])
         .split('@')
         .next()
         .unwrap_or_default();
-    let mut b = format!("=_tidings_{id}");
-    while e.text.contains(&b) || e.html.contains(&b) {
-        b.push('_');
-    }
-    b
+    format!("{BOUNDARY_PREFIX}{id}")
 }
 
-/// Whether `text` can go on the wire unencoded, and as what: 7bit, or 8bit where the server
-/// offers 8BITMIME; no line over RFC 5322's 998 octets, no bare CR, no NUL (RFC 2045 2.7,
-/// 2.8). Quoted-printable was the largest single cost of building a message (about a tenth
-/// of the dispatcher's CPU).
-fn as_is(text: &str, eight_bit: bool) -> Option<ContentTransferEncoding> {
-    let encoding = if text.is_ascii() {
-        ContentTransferEncoding::SevenBit
+const BOUNDARY_PREFIX: &str = "=_tidings_";
+
+/// How `text` would go on the wire unencoded: 7bit, or 8bit where the server offers
+/// 8BITMIME. Quoted-printable was the largest single cost of building a message (about a
+/// tenth of the dispatcher's CPU), so text goes as is wherever [`push_lines`] can take it.
+fn encoding_as_is(text: &str, eight_bit: bool) -> Option<ContentTransferEncoding> {
+    if text.is_ascii() {
+        Some(ContentTransferEncoding::SevenBit)
     } else if eight_bit {
-        ContentTransferEncoding::EightBit
+        Some(ContentTransferEncoding::EightBit)
     } else {
-        return None;
-    };
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.len() > 998 || line.bytes().any(|b| b == b'\r' || b == 0) {
-            return None;
-        }
+        None
     }
-    Some(encoding)
 }
 
-/// `text`'s lines with CRLF between them, each that starts with "." dot-stuffed (RFC 5321
-/// 4.5.2).
-fn push_lines(out: &mut String, text: &str) {
+/// Appends `text`'s lines with CRLF between them, each that starts with "." dot-stuffed (RFC
+/// 5321 4.5.2), in one pass. Returns false, having appended part of it, for text that may not
+/// go unencoded: a line over RFC 5322's 998 octets, a bare CR or a NUL (RFC 2045 2.7, 2.8),
+/// or a line that looks like one of our MIME boundaries.
+fn push_lines(out: &mut String, text: &str) -> bool {
     let mut lines = text.split('\n').peekable();
     while let Some(line) = lines.next() {
         let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.len() > 998
+            || line.bytes().any(|b| b == b'\r' || b == 0)
+            || line
+                .strip_prefix("--")
+                .is_some_and(|l| l.starts_with(BOUNDARY_PREFIX))
+        {
+            return false;
+        }
         if line.starts_with('.') {
             out.push('.');
         }
@@ -133,6 +141,7 @@ fn push_lines(out: &mut String, text: &str) {
             out.push_str("\r\n");
         }
     }
+    true
 }
 
 fn name(encoding: ContentTransferEncoding) -> &'static str {
@@ -270,13 +279,23 @@ mod tests {
     }
 
     #[test]
-    fn a_body_that_holds_the_boundary_gets_another() {
+    fn a_body_with_a_line_like_a_boundary_is_encoded() {
+        // Given text with a line that starts like one of our delimiters
         let e = email(
             "s",
-            "--=_tidings_0b7e5c2a-1111-5222-8333-944445555666\nBcc: x",
+            "hi\n--=_tidings_0b7e5c2a-1111-5222-8333-944445555666\nBcc: x",
             "h",
         );
-        let b = boundary(&e);
-        assert!(!e.text.contains(&b), "{b}");
+        assert_eq!(as_is(&e.text, true), None);
+        // When composed, then it is quoted-printable: no line of it can end the part
+        let b = block(&e, true);
+        assert!(b.contains("quoted-printable"), "{b}");
+        assert_eq!(b.matches("\r\n--=_tidings_").count(), 3, "{b}");
+    }
+
+    /// How `text` goes out when the wire can take it as is.
+    fn as_is(text: &str, eight_bit: bool) -> Option<ContentTransferEncoding> {
+        let encoding = encoding_as_is(text, eight_bit)?;
+        push_lines(&mut String::new(), text).then_some(encoding)
     }
 }

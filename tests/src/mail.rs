@@ -436,6 +436,17 @@ pub async fn spawn_dispatcher(o: DispatcherOptions) -> TestDispatcher {
 }
 
 impl TestDispatcher {
+    /// Stops the dispatcher gracefully: lanes finish, offsets are committed, the group is
+    /// left. A dispatcher that a test leaves running is dropped with the test's runtime
+    /// instead, mid-poll.
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.run_until(async {}, std::time::Duration::from_secs(10))
+                .await
+                .expect("clean stop");
+        }
+    }
+
     /// The value of one metric (sum over label sets) from the admin endpoint.
     pub async fn metric(&self, name: &str) -> f64 {
         self.metric_where(name, "").await

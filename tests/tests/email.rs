@@ -706,7 +706,7 @@ async fn two_dispatcher_replicas_share_the_work_across_a_rebalance_and_mail_each
         group,
         extra: vec![],
     };
-    let first = spawn_dispatcher(opts(None, None)).await;
+    let mut first = spawn_dispatcher(opts(None, None)).await;
     let giulia = agent("giulia");
     let customers: Vec<String> = (0..12).map(|i| unique(&format!("c{i}"))).collect();
     let mut tickets = Vec::new();
@@ -714,7 +714,7 @@ async fn two_dispatcher_replicas_share_the_work_across_a_rebalance_and_mail_each
         tickets.push(open_as(&app, &customer(c), "Help").await.ticket_id);
     }
     // A second replica joins while the first is mailing: the group rebalances.
-    let _second =
+    let mut second =
         spawn_dispatcher(opts(Some(first.schema.clone()), Some(first.group.clone()))).await;
     for round in 0..3 {
         for t in &tickets {
@@ -735,4 +735,7 @@ async fn two_dispatcher_replicas_share_the_work_across_a_rebalance_and_mail_each
         assert_eq!(double.to(&format!("{c}@example.com")).len(), 4);
     }
     assert_eq!(first.sent_records(48).await, 48);
+    // Both leave the group the way a deployment stops them.
+    second.stop().await;
+    first.stop().await;
 }

@@ -459,6 +459,17 @@ pub async fn run_consumer<H: Handler>(
         }
     }
     consumer.unsubscribe();
+    // Serve the revocation that leaving triggers before the consumer is dropped: librdkafka
+    // can hang forever when a rebalance is still pending as the consumer closes (it asks
+    // its main thread for the rebalance protocol, which no longer answers; librdkafka
+    // #4041, rust-rdkafka #509). Seen once, in the two-replica email test.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while consumer.assignment().is_ok_and(|a| a.count() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        // Records that still arrive are neither handled nor stored.
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+    }
     Ok(())
 }
 

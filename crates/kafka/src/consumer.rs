@@ -7,10 +7,12 @@
 //! lanes — a ticket whose handler is retrying does not hold up the partition for everybody
 //! else, and no ticket waits behind another that merely shares a lane (lanes used to be a
 //! fixed set chosen by a hash of the key: at the end of a 50,000-record backlog the last
-//! few hundred records waited behind unrelated tickets for ~300 ms). Offsets are stored only up to the oldest record of a
-//! partition that is not yet handled (a watermark), and librdkafka commits what is stored, so
-//! nothing is committed before it was handled. A record the handler refuses goes to the
-//! dead-letter topic with the reason in headers; the loop never stops for one bad record.
+//! few hundred records waited behind unrelated tickets for ~300 ms).
+//!
+//! Offsets are stored only up to the oldest record of a partition that is not yet handled (a
+//! watermark), and librdkafka commits what is stored, so nothing is committed before it was
+//! handled. A record the handler refuses goes to the dead-letter topic with the reason in
+//! headers; the loop never stops for one bad record.
 //!
 //! Shutdown: stop polling, let every lane finish the record it is on (handlers stop retrying),
 //! store and synchronously commit what was handled, leave the group. Records that were queued

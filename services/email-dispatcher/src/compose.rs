@@ -85,9 +85,13 @@ pub(crate) fn data_block(
     }
     out.push_str("--");
     out.push_str(&boundary);
-    out.push_str("--\r\n.\r\n");
+    out.push_str("--\r\n");
+    out.push_str(END_MARK);
     out
 }
+
+/// What ends every DATA block, after the message's last CRLF (RFC 5321 4.1.1.4).
+pub(crate) const END_MARK: &str = ".\r\n";
 
 /// Derived from the Message-ID: unique per event and recipient, and minted after the text
 /// was written, so no one can put it in a body. All the same, a body with a line that could

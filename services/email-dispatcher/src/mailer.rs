@@ -216,7 +216,8 @@ struct Job {
     /// The message's DATA block, built by the sender's task, so that a session worker
     /// between two round trips has only to write it.
     data: String,
-    /// The message's size, for `tidings_email_bytes_total`.
+    /// The message's size as sent (its DATA block without the end mark), for
+    /// `tidings_email_bytes_total`.
     size: usize,
     reply: oneshot::Sender<Result<(), SendError>>,
 }
@@ -524,7 +525,7 @@ impl Mailer for SmtpMailer {
         queue
             .send(Job {
                 envelope,
-                size: data.len(),
+                size: data.len() - compose::END_MARK.len(),
                 data,
                 reply,
             })

@@ -36,7 +36,9 @@ lint: ## rustfmt and clippy, warnings are errors
 	cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: test
-test: up ## start the stack, then run every test (unit + integration)
+test: ## start the stack, then run every test (unit + integration)
+	@# The suite's shared broker forgets on restart (tests make their own durable ones).
+	@TIDINGS_DEV_KAFKA_STORAGE=$${TIDINGS_DEV_KAFKA_STORAGE:-memory} $(STACK) up
 	@psql "$(TEST_DB)" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 't\_%'" | PGOPTIONS='-c client_min_messages=warning' psql "$(TEST_DB)" -q >/dev/null
 	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) cargo nextest run --workspace --no-fail-fast
 

@@ -51,9 +51,9 @@ PG_LAT="$(PGOPTIONS="-c search_path=$PG_SCHEMA" psql "$DATABASE_URL" -tAc "SELEC
 # ---- ours: the release ticket service under tidings-loadgen ----
 # A fresh broker of its own: tansu's memory storage keeps every topic it was ever sent, and a
 # long-lived dev broker gets slower to acknowledge as it grows (seen: ~1 GB, 3x the lag).
-if [ -z "${BENCH_KAFKA_BROKERS:-}" ] && command -v tansu >/dev/null; then
+if [ -z "${BENCH_KAFKA_BROKERS:-}" ] && command -v "${TANSU_BIN:-tansu}" >/dev/null; then
   BENCH_KAFKA_PORT="${BENCH_KAFKA_PORT:-19192}"
-  tansu broker --listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" \
+  "${TANSU_BIN:-tansu}" broker --listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" \
     --storage-engine memory://tansu/ > .dev/bench-tansu.log 2>&1 &
   BENCH_TANSU=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$BENCH_KAFKA_PORT) 2>/dev/null && break; sleep 0.1; done

@@ -18,6 +18,16 @@ KAFKA_PORT="${TIDINGS_DEV_KAFKA_PORT:-19092}"
 SMTP_PORT="${TIDINGS_DEV_SMTP_PORT:-1025}"
 MAILDEV_WEB_PORT="${TIDINGS_DEV_MAILDEV_WEB_PORT:-1080}"
 TANSU_VERSION=0.6.0
+# tansu is built with the SQLite storage engine (feature libsql) and our patches
+# (deploy/dev/tansu/<crate>/*.patch; docs/decisions/0002-tansu-patches.md) into a root named
+# after them, so a tansu built otherwise is never mistaken for ours.
+TANSU_PATCHES="$ROOT/deploy/dev/tansu"
+TANSU_BUILD="$(cd "$TANSU_PATCHES" && { ls ./*/*.patch; cat ./*/*.patch; } | sha256sum | cut -c1-12)"
+TANSU_ROOT="${TIDINGS_TANSU_ROOT:-$HOME/.cache/tidings/tansu-$TANSU_VERSION-libsql-$TANSU_BUILD}"
+TANSU="$TANSU_ROOT/bin/tansu"
+# `make run` keeps topics and committed offsets across broker restarts (sqlite storage under
+# .dev/); TIDINGS_DEV_KAFKA_STORAGE=memory gives a broker that forgets on restart.
+KAFKA_STORAGE="${TIDINGS_DEV_KAFKA_STORAGE:-sqlite}"
 MAILDEV_VERSION=3
 MAILDEV_BIN="$STATE/maildev/node_modules/.bin/maildev"
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -70,19 +80,42 @@ create_db() {
 
 ensure_tansu() {
   [ -n "${KAFKA_BROKERS:-}" ] && return
-  if tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then return; fi
-  log "installing tansu $TANSU_VERSION with cargo (about 8 minutes, once)"
-  cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore
+  if "$TANSU" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then return; fi
+  log "installing tansu $TANSU_VERSION (sqlite storage, patched) with cargo into $TANSU_ROOT (about 13 minutes, once)"
+  # Each patched crate is fetched from crates.io, patched, and built in place of the
+  # registry's copy.
+  local src crate dir patch; src="$(mktemp -d)"
+  local config=()
+  for dir in "$TANSU_PATCHES"/*/; do
+    crate="$(basename "$dir")"
+    curl -sSfL "https://static.crates.io/crates/$crate/$crate-$TANSU_VERSION.crate" | tar -xz -C "$src"
+    for patch in "$dir"*.patch; do patch -s -d "$src/$crate-$TANSU_VERSION" -p1 <"$patch"; done
+    config+=(--config "patch.crates-io.$crate.path=\"$src/$crate-$TANSU_VERSION\"")
+  done
+  cargo install tansu --locked --version "$TANSU_VERSION" --features dynostore,libsql --root "$TANSU_ROOT" \
+    "${config[@]}"
+  rm -rf "$src"
+}
+
+tansu_storage_url() {
+  case "$KAFKA_STORAGE" in
+    memory) echo "memory://tansu/" ;;
+    # tansu reads the URL's path relative to its working directory (a leading / is dropped).
+    sqlite) echo "sqlite://tansu.db" ;;
+    *) log "TIDINGS_DEV_KAFKA_STORAGE must be sqlite or memory, not $KAFKA_STORAGE"; exit 2 ;;
+  esac
 }
 
 start_tansu() {
   if [ -n "${KAFKA_BROKERS:-}" ]; then log "using Kafka at $KAFKA_BROKERS"; return; fi
   mkdir -p "$STATE"
   if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then return; fi
-  log "starting tansu on 127.0.0.1:$KAFKA_PORT (memory storage)"
-  local url="tcp://127.0.0.1:$KAFKA_PORT"
-  nohup tansu broker --listener-url "$url" --advertised-listener-url "$url" \
-    --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
+  local url="tcp://127.0.0.1:$KAFKA_PORT" storage
+  storage="$(tansu_storage_url)"
+  log "starting tansu on 127.0.0.1:$KAFKA_PORT (storage $storage)"
+  mkdir -p "$STATE/tansu"
+  (cd "$STATE/tansu" && exec nohup "$TANSU" broker --listener-url "$url" --advertised-listener-url "$url" \
+    --storage-engine "$storage" >>"$STATE/tansu.log" 2>&1) &
   echo $! >"$STATE/tansu.pid"
   wait_port 127.0.0.1 "$KAFKA_PORT" 30 tansu
 }
@@ -155,7 +188,7 @@ case "${1:-}" in
     ;;
   env)
     echo "export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
-    echo "export TANSU_BIN=$(command -v tansu || echo tansu)"
+    echo "export TANSU_BIN=$TANSU"
     echo "export MAILDEV_BIN=$MAILDEV_BIN"
     echo "export TIDINGS_TEST_SMTP=127.0.0.1:$SMTP_PORT"
     echo "export TIDINGS_TEST_MAILDEV=http://127.0.0.1:$MAILDEV_WEB_PORT"

@@ -9,31 +9,45 @@
 //! fixed set chosen by a hash of the key: at the end of a 50,000-record backlog the last
 //! few hundred records waited behind unrelated tickets for ~300 ms).
 //!
-//! Offsets are stored only up to the oldest record of a partition that is not yet handled (a
-//! watermark), and librdkafka commits what is stored, so nothing is committed before it was
-//! handled. A record the handler refuses goes to the dead-letter topic with the reason in
+//! Offsets are committed only up to the oldest record of a partition that is not yet handled
+//! (a watermark), so nothing is committed before it was handled: every `commit_interval`, at
+//! revocation and at shutdown — by this loop, never by librdkafka on its own. A record the
+//! handler refuses, or whose handler panics, goes to the dead-letter topic with the reason in
 //! headers; the loop never stops for one bad record.
 //!
+//! Rebalances: records of a partition being revoked stop starting, the revocation waits for
+//! those in a handler, then commits — so the next owner starts exactly after what was
+//! handled and never handles a record at the same time as this process. An assignment that
+//! was *lost* (the coordinator forgot this member) commits nothing, and the loop subscribes
+//! again once the topics exist (see [`rejoin_after_loss`]).
+//!
 //! Shutdown: stop polling, let every lane finish the record it is on (handlers stop retrying),
-//! store and synchronously commit what was handled, leave the group. Records that were queued
-//! but not handled are delivered again to whoever owns the partition next.
+//! synchronously commit what was handled, leave the group. Records that were queued but not
+//! handled are delivered again to whoever owns the partition next.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::KafkaSettings;
+use crate::publish::RenewingProducer;
+
+/// How long a revocation waits for the handlers in progress on the partitions it takes away
+/// (a send takes milliseconds; a handler retrying a failing provider stops at shutdown only).
+/// Apache Kafka waits for a rejoining member up to `max.poll.interval.ms` (5 minutes).
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
 
 /// One record, detached from the consumer.
 #[derive(Debug, Clone)]
@@ -166,12 +180,23 @@ impl ConsumerSettings {
     }
 }
 
-/// Per-partition progress: which polled offsets are still being handled.
+/// Per-partition progress under one assignment: which polled offsets are still being
+/// handled, and whether the partition is being taken away.
 #[derive(Default)]
 struct Progress {
     in_flight: BTreeSet<i64>,
     /// One past the highest offset handed to a lane.
     next: i64,
+    /// Which assignment of the partition this is: a partition revoked and assigned again
+    /// starts a new one, and records polled under the old one are not handled.
+    epoch: u64,
+    /// Being revoked: records not yet started stay unhandled (the next owner reads them
+    /// again); the revocation waits for those already in a handler.
+    revoked: bool,
+    /// Records of the partition in a handler right now.
+    running: usize,
+    /// The offset last committed (or handed to a commit) for it.
+    committed: i64,
 }
 
 impl Progress {
@@ -181,30 +206,109 @@ impl Progress {
     }
 }
 
+type PartitionKey = (String, i32);
+
 #[derive(Default)]
 struct Tracker {
-    partitions: HashMap<(String, i32), Progress>,
+    partitions: HashMap<PartitionKey, Progress>,
+    epochs: u64,
 }
 
 impl Tracker {
-    fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// A record was polled; returns the assignment it belongs to.
+    fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> u64 {
+        let epochs = &mut self.epochs;
         let p = self
             .partitions
             .entry((topic.to_owned(), partition))
-            .or_default();
+            .or_insert_with(|| {
+                *epochs += 1;
+                Progress {
+                    epoch: *epochs,
+                    ..Progress::default()
+                }
+            });
         p.in_flight.insert(offset);
         p.next = p.next.max(offset + 1);
+        p.epoch
     }
 
-    /// Marks a record handled; returns the new watermark if it moved.
-    fn complete(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+    /// A lane is about to hand a record to its handler: only if its partition is still
+    /// ours, under the same assignment, and not being revoked.
+    fn start(&mut self, topic: &str, partition: i32, epoch: u64) -> bool {
+        match self.partitions.get_mut(&(topic.to_owned(), partition)) {
+            Some(p) if p.epoch == epoch && !p.revoked => {
+                p.running += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The handler is done with a started record (`handled`: it may be committed). Returns
+    /// the new watermark if it moved.
+    fn finish(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        epoch: u64,
+        offset: i64,
+        handled: bool,
+    ) -> Option<i64> {
         let p = self.partitions.get_mut(&(topic.to_owned(), partition))?;
+        if p.epoch != epoch {
+            return None;
+        }
+        p.running -= 1;
+        if !handled {
+            return None;
+        }
         let before = p.watermark();
         if !p.in_flight.remove(&offset) {
             return None;
         }
         let after = p.watermark();
         (after != before).then_some(after)
+    }
+
+    /// Starts revoking `keys`: no record of theirs starts any more.
+    fn revoke(&mut self, keys: &[PartitionKey]) {
+        for k in keys {
+            if let Some(p) = self.partitions.get_mut(k) {
+                p.revoked = true;
+            }
+        }
+    }
+
+    /// Whether a record of one of `keys` is still in a handler.
+    fn busy(&self, keys: &[PartitionKey]) -> bool {
+        keys.iter()
+            .any(|k| self.partitions.get(k).is_some_and(|p| p.running > 0))
+    }
+
+    /// Forgets `keys`; returns what was handled of them, to commit.
+    fn forget(&mut self, keys: &[PartitionKey]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for k in keys {
+            if let Some(p) = self.partitions.remove(k) {
+                let _ = tpl.add_partition_offset(&k.0, k.1, Offset::Offset(p.watermark()));
+            }
+        }
+        tpl
+    }
+
+    /// What was handled since the last call, of the partitions still owned: the periodic
+    /// commit.
+    fn committable(&mut self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), p) in &mut self.partitions {
+            let watermark = p.watermark();
+            if !p.revoked && watermark > p.committed {
+                p.committed = watermark;
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(watermark));
+            }
+        }
+        tpl
     }
 
     fn watermarks(&self) -> TopicPartitionList {
@@ -216,11 +320,59 @@ impl Tracker {
     }
 }
 
-/// Commits what was handled of partitions that are being taken away, and forgets them, so a
-/// rebalance hands the next owner an exact starting point.
+/// The tracker, and a signal for a revocation waiting for handlers to finish.
+#[derive(Default)]
+struct Tracking {
+    tracker: Mutex<Tracker>,
+    finished: Condvar,
+}
+
+impl Tracking {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until no record of `keys` is in a handler, or `within` has passed. The
+    /// handlers run on the runtime's other workers: in a multi-thread runtime this worker
+    /// hands its tasks over while it waits; a current-thread runtime cannot run them
+    /// meanwhile, so there it does not wait.
+    fn wait_idle(&self, keys: &[PartitionKey], within: Duration) -> bool {
+        let wait = || {
+            let deadline = std::time::Instant::now() + within;
+            let mut tracker = self.lock();
+            while tracker.busy(keys) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                tracker = self
+                    .finished
+                    .wait_timeout(tracker, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            true
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+            Ok(_) => !self.lock().busy(keys),
+            Err(_) => wait(),
+        }
+    }
+}
+
+/// Makes a rebalance hand the next owner an exact starting point: records of a partition
+/// being taken away stop starting, those in a handler finish, and what was handled is
+/// committed — unless the assignment was lost (the group moved on without us, or the broker
+/// forgot the group): then our offsets may belong to a log that no longer exists, and
+/// committing them would make the next owner skip records.
 struct TrackingContext {
-    tracker: Arc<Mutex<Tracker>>,
+    tracking: Arc<Tracking>,
+    /// Signalled when an assignment was lost (see [`rejoin_after_loss`]).
+    lost: Arc<tokio::sync::Notify>,
     name: &'static str,
+    /// How long a revocation waits for handlers in progress.
+    revoke_wait: Duration,
 }
 
 impl ClientContext for TrackingContext {}
@@ -229,19 +381,28 @@ impl ConsumerContext for TrackingContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(revoked) => {
-                let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
-                let mut tpl = TopicPartitionList::new();
-                for e in revoked.elements() {
-                    if let Some(p) = tracker
-                        .partitions
-                        .remove(&(e.topic().to_owned(), e.partition()))
-                    {
-                        let _ = tpl.add_partition_offset(
-                            e.topic(),
-                            e.partition(),
-                            Offset::Offset(p.watermark()),
-                        );
-                    }
+                let lost = consumer.assignment_lost();
+                let keys: Vec<PartitionKey> = revoked
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                self.tracking.lock().revoke(&keys);
+                if !self.tracking.wait_idle(&keys, self.revoke_wait) {
+                    tracing::warn!(
+                        consumer = self.name,
+                        "handlers still running at revocation; their records go to the next owner"
+                    );
+                }
+                let tpl = self.tracking.lock().forget(&keys);
+                if lost {
+                    tracing::warn!(
+                        consumer = self.name,
+                        partitions = %partition_list(revoked),
+                        "assignment lost; nothing committed"
+                    );
+                    self.lost.notify_one();
+                    return;
                 }
                 if tpl.count() > 0
                     && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
@@ -250,14 +411,14 @@ impl ConsumerContext for TrackingContext {
                 }
                 tracing::info!(
                     consumer = self.name,
-                    partitions = revoked.count(),
+                    partitions = %partition_list(revoked),
                     "partitions revoked"
                 );
             }
             Rebalance::Assign(assigned) => {
                 tracing::info!(
                     consumer = self.name,
-                    partitions = assigned.count(),
+                    partitions = %partition_list(assigned),
                     "partitions assigned"
                 );
             }
@@ -268,8 +429,31 @@ impl ConsumerContext for TrackingContext {
     }
 }
 
-/// A polled record and its place in the in-flight budget.
-type Polled = (Delivery, OwnedSemaphorePermit);
+/// `topic[0,2] other[1]`, for logs; `-` when empty.
+fn partition_list(tpl: &TopicPartitionList) -> String {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for e in tpl.elements() {
+        by_topic
+            .entry(e.topic().to_owned())
+            .or_default()
+            .push(e.partition());
+    }
+    if by_topic.is_empty() {
+        return "-".into();
+    }
+    by_topic
+        .iter()
+        .map(|(t, ps)| {
+            let ps: Vec<String> = ps.iter().map(i32::to_string).collect();
+            format!("{t}[{}]", ps.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A polled record, the assignment it was polled under, and its place in the in-flight
+/// budget.
+type Polled = (Delivery, u64, OwnedSemaphorePermit);
 
 /// Which records must be handled one after another: a record's key, or for a keyless record
 /// its partition (whose order it then keeps).
@@ -338,18 +522,33 @@ pub async fn run_consumer<H: Handler>(
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
-    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let tracking = Arc::new(Tracking::default());
+    let lost = Arc::new(tokio::sync::Notify::new());
+    let mut client = settings.client_config();
+    // Group membership defaults an operator may override in TIDINGS_KAFKA_PROPERTIES:
+    // - a member that died (kill -9) is noticed after its session: librdkafka's default is
+    //   45 s of no notifications; 6 s is Apache Kafka's smallest allowed session;
+    // - a subscribed topic that was deleted and created again (a broker that lost its
+    //   data, then the relay's first publish) is noticed at the next metadata refresh:
+    //   5 minutes by default, 5 s here.
+    for (key, value) in [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1500"),
+        ("topic.metadata.refresh.interval.ms", "5000"),
+    ] {
+        if client.get(key).is_none() {
+            client.set(key, value);
+        }
+    }
     let consumer: Arc<StreamConsumer<TrackingContext>> = Arc::new(
-        settings
-            .client_config()
+        client
             .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "true")
-            // Only offsets we store (handled records) are ever committed.
+            // We commit (periodically, at revocation, at shutdown) what was handled, and
+            // nothing else: librdkafka's own commits would also run when an assignment was
+            // lost — offsets of a log the broker no longer has, which make the next owner
+            // of the new log skip records.
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.commit.interval.ms",
-                config.commit_interval.as_millis().to_string(),
-            )
             .set("auto.offset.reset", &config.offset_reset)
             .set(
                 "fetch.wait.max.ms",
@@ -363,14 +562,19 @@ pub async fn run_consumer<H: Handler>(
             // bound): the last records of a backlog trickled in for up to a second.
             .set("fetch.queue.backoff.ms", "20")
             .create_with_context(TrackingContext {
-                tracker: tracker.clone(),
+                tracking: tracking.clone(),
+                lost: lost.clone(),
                 name: config.name,
+                revoke_wait: REVOKE_WAIT,
             })?,
     );
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let dead_letters = DeadLetters {
-        producer: settings.producer(Duration::from_secs(10))?,
+        producer: {
+            let settings = settings.clone();
+            RenewingProducer::new(move || settings.producer(Duration::from_secs(10)))?
+        },
         topic: config.dead_letter_topic.clone(),
         group: config.group_id.clone(),
     };
@@ -385,13 +589,25 @@ pub async fn run_consumer<H: Handler>(
     let shared = Arc::new(LaneShared {
         handler,
         dead_letters,
-        tracker: tracker.clone(),
-        consumer: consumer.clone(),
+        tracking: tracking.clone(),
         lanes: lanes.clone(),
         shutdown: shutdown.clone(),
         name: config.name,
     });
     tracing::info!(consumer = config.name, group = %config.group_id, topics = ?config.topics, "consuming");
+    let committer = tokio::spawn(commit_periodically(
+        consumer.clone(),
+        tracking.clone(),
+        config.commit_interval,
+        shutdown.clone(),
+    ));
+    let rejoiner = tokio::spawn(rejoin_after_loss(
+        consumer.clone(),
+        config.topics.clone(),
+        lost,
+        config.name,
+        shutdown.clone(),
+    ));
 
     loop {
         let permit = tokio::select! {
@@ -427,16 +643,14 @@ pub async fn run_consumer<H: Handler>(
                 .unwrap_or_default(),
         };
         drop(message);
-        tracker.lock().unwrap_or_else(|p| p.into_inner()).begin(
-            &delivery.topic,
-            delivery.partition,
-            delivery.offset,
-        );
+        let epoch = tracking
+            .lock()
+            .begin(&delivery.topic, delivery.partition, delivery.offset);
         let key = LaneKey::of(&delivery);
         let admitted = lanes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .admit(&key, (delivery, permit));
+            .admit(&key, (delivery, epoch, permit));
         if let Some(first) = admitted {
             let slot = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -449,12 +663,10 @@ pub async fn run_consumer<H: Handler>(
     // Lanes finish the record they are on and drop the rest (not handled, not committed).
     drop(shared);
     let _ = lane_slots.acquire_many(lane_count as u32).await;
-    let handled = tracker
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .watermarks();
+    let _ = committer.await;
+    let _ = rejoiner.await;
+    let handled = tracking.lock().watermarks();
     if handled.count() > 0 {
-        let _ = consumer.store_offsets(&handled);
         match consumer.commit(&handled, CommitMode::Sync) {
             Ok(()) => tracing::info!(consumer = config.name, "offsets committed at shutdown"),
             Err(e) => tracing::warn!(consumer = config.name, error = %e, "final commit failed"),
@@ -475,12 +687,122 @@ pub async fn run_consumer<H: Handler>(
     Ok(())
 }
 
+/// Runs the loop as a task of its own. A loop that fails or panics stops the process: it
+/// sets `failed` and cancels `shutdown`, so the service exits with an error and its
+/// orchestrator restarts it, rather than staying up, healthy-looking, consuming nothing.
+pub fn spawn_consumer<H: Handler>(
+    settings: KafkaSettings,
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let name = config.name;
+        let run = std::panic::AssertUnwindSafe(run_consumer(
+            &settings,
+            config,
+            handler,
+            shutdown.clone(),
+        ))
+        .catch_unwind()
+        .await;
+        let reason = match run {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
+        };
+        tracing::error!(
+            consumer = name,
+            reason,
+            "consumer loop failed; stopping the service"
+        );
+        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        shutdown.cancel();
+    })
+}
+
+/// Commits what was handled every `interval`, until shutdown (whose final commit is
+/// synchronous).
+async fn commit_periodically(
+    consumer: Arc<StreamConsumer<TrackingContext>>,
+    tracking: Arc<Tracking>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let tpl = tracking.lock().committable();
+        if tpl.count() > 0
+            && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "periodic commit failed");
+        }
+    }
+}
+
+/// After the group lost our assignment — the coordinator forgot us: a broker that lost its
+/// data, or a session that expired — librdkafka rejoins at once, often before the topics
+/// are back (an empty broker has them only once a producer recreates them). The assignment
+/// then covers no partition, and librdkafka never rejoins by itself: its cached view of the
+/// subscribed topics (names and partition counts) did not change. So wait until every
+/// subscribed topic exists again, then subscribe afresh, which rejoins with the topics.
+async fn rejoin_after_loss(
+    consumer: Arc<StreamConsumer<TrackingContext>>,
+    topics: Vec<String>,
+    lost: Arc<tokio::sync::Notify>,
+    name: &'static str,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = lost.notified() => {}
+        }
+        loop {
+            let c = consumer.clone();
+            let wanted = topics.clone();
+            let present = tokio::task::spawn_blocking(move || {
+                wanted.iter().all(|t| {
+                    c.fetch_metadata(Some(t), Duration::from_secs(5))
+                        .is_ok_and(|m| {
+                            m.topics().iter().any(|mt| {
+                                mt.name() == t
+                                    && mt.error().is_none()
+                                    && !mt.partitions().is_empty()
+                            })
+                        })
+                })
+            })
+            .await
+            .unwrap_or(false);
+            if present {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.unsubscribe();
+        match consumer.subscribe(&names) {
+            Ok(()) => tracing::info!(consumer = name, "subscribed again after a lost assignment"),
+            Err(e) => tracing::warn!(consumer = name, error = %e, "subscribing again failed"),
+        }
+    }
+}
+
 /// What every lane of one consumer shares.
 struct LaneShared<H> {
     handler: Arc<H>,
     dead_letters: Arc<DeadLetters>,
-    tracker: Arc<Mutex<Tracker>>,
-    consumer: Arc<StreamConsumer<TrackingContext>>,
+    tracking: Arc<Tracking>,
     lanes: Arc<Mutex<Lanes<Polled>>>,
     shutdown: CancellationToken,
     name: &'static str,
@@ -495,14 +817,29 @@ async fn lane<H: Handler>(
     s: Arc<LaneShared<H>>,
 ) {
     let mut next = Some(first);
-    while let Some((d, permit)) = next.take() {
-        if s.shutdown.is_cancelled() || handle_one(&d, &s).await.is_err() {
+    while let Some((d, epoch, permit)) = next.take() {
+        if s.shutdown.is_cancelled() {
             // Stopped early: what waits for this key is neither handled nor committed.
             s.lanes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .close(&key);
             return;
+        }
+        // A record of a partition taken away meanwhile is left to its next owner.
+        if s.tracking.lock().start(&d.topic, d.partition, epoch) {
+            let outcome = handle_one(&d, &s).await;
+            s.tracking
+                .lock()
+                .finish(&d.topic, d.partition, epoch, d.offset, outcome.is_ok());
+            s.tracking.finished.notify_all();
+            if outcome.is_err() {
+                s.lanes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .close(&key);
+                return;
+            }
         }
         drop(permit);
         // `None` closed the lane: the key's next record opens another, so this one must
@@ -511,13 +848,24 @@ async fn lane<H: Handler>(
     }
 }
 
-/// Hands one record to the handler (or its reason to the dead-letter topic) and moves its
-/// partition's watermark. Fails only when shutdown interrupted it.
+/// Hands one record to the handler (or its reason to the dead-letter topic). A handler that
+/// panics dead-letters the record like one that refuses it: the lane, the partition and the
+/// loop go on. Fails only when shutdown interrupted it.
 async fn handle_one<H: Handler>(d: &Delivery, s: &LaneShared<H>) -> Result<(), ()> {
     let name = s.name;
     // Boxed: a lane waiting for records need not hold the space of a handler's future
     // (the email dispatcher's idle RSS fell by ~4 MiB).
-    match Box::pin(s.handler.handle(d)).await {
+    let outcome = std::panic::AssertUnwindSafe(Box::pin(s.handler.handle(d)))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            metrics::counter!("tidings_handler_panics_total", "consumer" => name).increment(1);
+            Err(Unhandled::DeadLetter(format!(
+                "handler panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        });
+    match outcome {
         Ok(()) => {}
         Err(Unhandled::DeadLetter(reason)) => {
             metrics::counter!("tidings_dead_letters_total", "consumer" => name).increment(1);
@@ -527,23 +875,19 @@ async fn handle_one<H: Handler>(d: &Delivery, s: &LaneShared<H>) -> Result<(), (
         Err(Unhandled::Interrupted) => return Err(()),
     }
     metrics::counter!("tidings_consumed_total", "consumer" => name).increment(1);
-    let moved = s
-        .tracker
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .complete(&d.topic, d.partition, d.offset);
-    if let Some(watermark) = moved {
-        let mut tpl = TopicPartitionList::new();
-        let _ = tpl.add_partition_offset(&d.topic, d.partition, Offset::Offset(watermark));
-        // Fails only for a partition revoked meanwhile; its next owner starts from the
-        // offset committed at revocation and the handler's dedupe absorbs the overlap.
-        let _ = s.consumer.store_offsets(&tpl);
-    }
     Ok(())
 }
 
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 struct DeadLetters {
-    producer: FutureProducer,
+    producer: RenewingProducer,
     topic: String,
     group: String,
 }
@@ -587,8 +931,8 @@ impl DeadLetters {
             if let Some(p) = &d.payload {
                 record = record.payload(p.as_slice());
             }
-            match self
-                .producer
+            let producer = self.producer.get();
+            match producer
                 .send(
                     record,
                     rdkafka::util::Timeout::After(Duration::from_secs(10)),
@@ -597,6 +941,7 @@ impl DeadLetters {
             {
                 Ok(_) => return Ok(()),
                 Err((e, _)) => {
+                    self.producer.renew_if_fatal(&producer, &e);
                     tracing::warn!(error = %e, topic = %self.topic, "dead-letter publish failed; retrying");
                 }
             }
@@ -616,16 +961,58 @@ mod tests {
     #[test]
     fn the_watermark_waits_for_the_oldest_unhandled_record() {
         let mut t = Tracker::default();
-        for o in 10..13 {
-            t.begin("t", 0, o);
+        let epoch = t.begin("t", 0, 10);
+        for o in 11..13 {
+            assert_eq!(t.begin("t", 0, o), epoch, "one assignment, one epoch");
+        }
+        for _ in 10..13 {
+            assert!(t.start("t", 0, epoch));
         }
         // 11 and 12 finish first: nothing before 10 is known handled, so nothing moves.
-        assert_eq!(t.complete("t", 0, 11), None);
-        assert_eq!(t.complete("t", 0, 12), None);
+        assert_eq!(t.finish("t", 0, epoch, 11, true), None);
+        assert_eq!(t.finish("t", 0, epoch, 12, true), None);
         // 10 finishes: everything up to 12 is handled, commit from 13.
-        assert_eq!(t.complete("t", 0, 10), Some(13));
+        assert_eq!(t.finish("t", 0, epoch, 10, true), Some(13));
         // A record of a partition that was revoked meanwhile is ignored.
-        assert_eq!(t.complete("t", 1, 5), None);
+        assert_eq!(t.finish("t", 1, epoch, 5, true), None);
+    }
+
+    #[test]
+    fn an_interrupted_record_holds_the_watermark() {
+        let mut t = Tracker::default();
+        let epoch = t.begin("t", 0, 0);
+        t.begin("t", 0, 1);
+        assert!(t.start("t", 0, epoch) && t.start("t", 0, epoch));
+        assert_eq!(t.finish("t", 0, epoch, 0, false), None);
+        assert_eq!(t.finish("t", 0, epoch, 1, true), None);
+        assert_eq!(t.watermarks().elements()[0].offset(), Offset::Offset(0));
+        assert!(!t.busy(&[("t".into(), 0)]));
+    }
+
+    #[test]
+    fn a_revoked_partition_starts_nothing_and_commits_what_its_handlers_finished() {
+        // Given a partition with records 0..3 polled, 0 in a handler
+        let mut t = Tracker::default();
+        let key = [("t".to_owned(), 0)];
+        let epoch = t.begin("t", 0, 0);
+        t.begin("t", 0, 1);
+        t.begin("t", 0, 2);
+        assert!(t.start("t", 0, epoch));
+        // When it is revoked
+        t.revoke(&key);
+        // Then the queued records do not start, and the revocation waits for record 0
+        assert!(!t.start("t", 0, epoch));
+        assert!(t.busy(&key));
+        assert_eq!(t.finish("t", 0, epoch, 0, true), Some(1));
+        assert!(!t.busy(&key));
+        // And commits from the first record not handled
+        let tpl = t.forget(&key);
+        assert_eq!(tpl.elements()[0].offset(), Offset::Offset(1));
+        // A later assignment of the same partition is a new one: the old records stay out
+        let again = t.begin("t", 0, 1);
+        assert_ne!(again, epoch);
+        assert!(!t.start("t", 0, epoch));
+        assert!(t.start("t", 0, again));
     }
 
     #[test]

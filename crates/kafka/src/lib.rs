@@ -6,7 +6,9 @@ mod consumer;
 mod publish;
 mod relay;
 
-pub use consumer::{ConsumerConfig, ConsumerSettings, Delivery, Handler, Unhandled, run_consumer};
+pub use consumer::{
+    ConsumerConfig, ConsumerSettings, Delivery, Handler, Unhandled, run_consumer, spawn_consumer,
+};
 pub use publish::Publisher;
 pub use rdkafka::error::KafkaError;
 pub use relay::{OutboxRelay, RelayConfig};

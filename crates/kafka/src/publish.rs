@@ -3,19 +3,80 @@
 //! outcome events, written before their send record). librdkafka batches what many callers
 //! publish at once.
 
+use std::sync::RwLock;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::{KafkaSettings, TopicSettings, ensure_topics, owned_headers};
 
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: RenewingProducer,
     settings: KafkaSettings,
     topics: TopicSettings,
     timeout: Duration,
+}
+
+/// A producer that is replaced when its producer id is no good any more. An idempotent
+/// producer fails for good when the broker no longer knows its id and sequence numbers (a
+/// broker that lost its data answers `OutOfOrderSequenceNumber`), or gave the same id to a
+/// newer producer (after losing its data it counts ids from the start again:
+/// `ProducerFenced`). Records the failed one still held fail; their senders retry on the new
+/// one, which gets an id of its own.
+pub(crate) struct RenewingProducer {
+    current: RwLock<FutureProducer>,
+    make: Box<dyn Fn() -> Result<FutureProducer, KafkaError> + Send + Sync>,
+}
+
+impl RenewingProducer {
+    pub(crate) fn new(
+        make: impl Fn() -> Result<FutureProducer, KafkaError> + Send + Sync + 'static,
+    ) -> Result<Self, KafkaError> {
+        Ok(Self {
+            current: RwLock::new(make()?),
+            make: Box::new(make),
+        })
+    }
+
+    pub(crate) fn get(&self) -> FutureProducer {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// After a send on `used` failed with `error`: replaces it if it cannot send again.
+    pub(crate) fn renew_if_fatal(&self, used: &FutureProducer, error: &KafkaError) {
+        let reason = match used.client().fatal_error() {
+            Some((code, text)) => format!("{code:?}: {text}"),
+            None if matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::UnknownProducerId
+                )
+            ) =>
+            {
+                error.to_string()
+            }
+            None => return,
+        };
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.client().native_ptr() != used.client().native_ptr() {
+            return; // another sender replaced it already
+        }
+        match (self.make)() {
+            Ok(fresh) => {
+                tracing::warn!(error = %reason, "producer cannot send again; replaced");
+                *current = fresh;
+            }
+            Err(e) => tracing::warn!(error = %e, "replacing a failed producer failed"),
+        }
+    }
 }
 
 impl Publisher {
@@ -29,12 +90,17 @@ impl Publisher {
         message_timeout: Duration,
         linger: Duration,
     ) -> Result<Self, KafkaError> {
-        let producer = settings
-            .producer_config(message_timeout)
-            .set("linger.ms", linger.as_millis().to_string())
-            .create()?;
+        let make = {
+            let settings = settings.clone();
+            move || {
+                settings
+                    .producer_config(message_timeout)
+                    .set("linger.ms", linger.as_millis().to_string())
+                    .create()
+            }
+        };
         Ok(Self {
-            producer,
+            producer: RenewingProducer::new(make)?,
             settings: settings.clone(),
             topics,
             timeout: message_timeout,
@@ -53,13 +119,14 @@ impl Publisher {
             .key(key)
             .payload(value)
             .headers(owned_headers(headers));
-        match self
-            .producer
+        let producer = self.producer.get();
+        match producer
             .send(record, rdkafka::util::Timeout::After(self.timeout))
             .await
         {
             Ok(_) => Ok(()),
             Err((e, _)) => {
+                self.producer.renew_if_fatal(&producer, &e);
                 if matches!(
                     e.rdkafka_error_code(),
                     Some(

@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use tidings_kafka::{Publisher, ensure_topics, run_consumer};
+use tidings_kafka::{Publisher, ensure_topics, spawn_consumer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,8 @@ const CODE_LANES: usize = 64;
 pub struct Application {
     admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    /// Set when a consumer loop failed: the service stops with an error.
+    failed: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -51,6 +54,7 @@ impl Application {
         }
 
         let shutdown = CancellationToken::new();
+        let failed = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(
             // Fewer, larger produce requests: at 14,000 outcome events/s a 1 ms linger kept
             // the producer's broker thread at ~16 % of a core.
@@ -106,23 +110,20 @@ impl Application {
         // keep up, and idle lanes are memory.
         codes.lanes = codes.lanes.min(CODE_LANES);
         codes.max_in_flight = codes.max_in_flight.min(4 * CODE_LANES);
-        for (cfg, handler) in [(events, 0), (codes, 1)] {
-            let settings = config.kafka.clone();
-            let stop = shutdown.clone();
-            let dispatch = dispatch.clone();
-            tasks.push(tokio::spawn(async move {
-                let name = cfg.name;
-                let result = if handler == 0 {
-                    run_consumer(&settings, cfg, Arc::new(TicketEvents(dispatch)), stop.clone()).await
-                } else {
-                    run_consumer(&settings, cfg, Arc::new(AccessCodes(dispatch)), stop.clone()).await
-                };
-                if let Err(e) = result {
-                    tracing::error!(consumer = name, error = %e, "consumer failed; stopping the dispatcher");
-                    stop.cancel();
-                }
-            }));
-        }
+        tasks.push(spawn_consumer(
+            config.kafka.clone(),
+            events,
+            Arc::new(TicketEvents(dispatch.clone())),
+            shutdown.clone(),
+            failed.clone(),
+        ));
+        tasks.push(spawn_consumer(
+            config.kafka.clone(),
+            codes,
+            Arc::new(AccessCodes(dispatch)),
+            shutdown.clone(),
+            failed.clone(),
+        ));
 
         let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
             .await
@@ -133,6 +134,7 @@ impl Application {
         Ok(Self {
             admin_addr,
             shutdown,
+            failed,
             tasks,
         })
     }
@@ -154,6 +156,9 @@ impl Application {
         }
         self.shutdown.cancel();
         tidings_telemetry::join_within("email dispatcher", grace, self.tasks).await;
+        if self.failed.load(Ordering::SeqCst) {
+            anyhow::bail!("a consumer loop failed (see the log)");
+        }
         Ok(())
     }
 }

@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use tidings_auth::Authenticator;
 use tidings_delivery::{OutcomeEvents, SendLog};
 use tidings_domain::clock::Clock;
-use tidings_kafka::{Publisher, ensure_topics, run_consumer};
+use tidings_kafka::{Publisher, ensure_topics, spawn_consumer};
 use tidings_proto::events::v1::Channel;
 use tidings_proto::push::v1::device_service_server::DeviceServiceServer;
 use tidings_proto::push::v1::preference_service_server::PreferenceServiceServer;
@@ -29,6 +30,8 @@ pub struct Application {
     grpc_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    /// Set when a consumer loop failed: the service stops with an error.
+    failed: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -73,6 +76,7 @@ impl Application {
         }
 
         let shutdown = CancellationToken::new();
+        let failed = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(
             // Each lane waits for its outcome event before its next push: a 5 ms linger cut
             // the benchmark's fan-out from 6,170 to 4,368 pushes/s.
@@ -111,12 +115,13 @@ impl Application {
             let settings = config.kafka.clone();
             let stop = shutdown.clone();
             let handler = Arc::new(TicketEvents(dispatch.clone()));
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = run_consumer(&settings, consumer, handler, stop.clone()).await {
-                    tracing::error!(error = %e, "consumer failed; stopping the dispatcher");
-                    stop.cancel();
-                }
-            }));
+            tasks.push(spawn_consumer(
+                settings,
+                consumer,
+                handler,
+                stop,
+                failed.clone(),
+            ));
         }
         tasks.push(tokio::spawn(release_held_pushes(
             dispatch,
@@ -162,6 +167,7 @@ impl Application {
             grpc_addr,
             admin_addr,
             shutdown,
+            failed,
             tasks,
         })
     }
@@ -188,6 +194,9 @@ impl Application {
         }
         self.shutdown.cancel();
         tidings_telemetry::join_within("push dispatcher", grace, self.tasks).await;
+        if self.failed.load(Ordering::SeqCst) {
+            anyhow::bail!("a consumer loop failed (see the log)");
+        }
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
-//! A private Kafka-compatible broker (tansu, memory storage) for tests that stop and start
-//! the broker. It listens on a fixed loopback port for its lifetime so clients can reconnect;
-//! a restarted broker is empty, as the README says.
+//! A private Kafka-compatible broker (tansu) for tests that stop and start the broker. It
+//! listens on a fixed loopback port for its lifetime so clients can reconnect. With memory
+//! storage a restarted broker is empty (topics, records and committed offsets are gone, as
+//! when a Kafka cluster loses a topic or a group); with SQLite storage it comes back with
+//! everything it had acknowledged.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,6 +11,9 @@ use tokio::process::{Child, Command};
 
 pub struct Broker {
     port: u16,
+    storage: String,
+    /// Where a durable broker keeps its SQLite file; removed with the broker.
+    dir: Option<std::path::PathBuf>,
     child: Option<Child>,
 }
 
@@ -25,9 +30,25 @@ fn free_port() -> u16 {
 }
 
 impl Broker {
+    /// A broker that forgets everything when it stops.
     pub async fn start() -> Self {
+        Self::launch("memory://tansu/".into(), None).await
+    }
+
+    /// A broker that keeps its topics and the groups' offsets across restarts.
+    pub async fn start_durable() -> Self {
+        let dir = std::env::temp_dir().join(format!("tidings-broker-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        // tansu reads the path relative to its working directory, the broker's directory.
+        let storage = "sqlite://tansu.db".to_owned();
+        Self::launch(storage, Some(dir)).await
+    }
+
+    async fn launch(storage: String, dir: Option<std::path::PathBuf>) -> Self {
         let mut b = Broker {
             port: free_port(),
+            storage,
+            dir,
             child: None,
         };
         b.resume().await;
@@ -42,7 +63,11 @@ impl Broker {
     pub async fn resume(&mut self) {
         assert!(self.child.is_none(), "broker already running");
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_bin())
+        let mut command = Command::new(tansu_bin());
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        let child = command
             .args([
                 "broker",
                 "--listener-url",
@@ -50,7 +75,7 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://tansu/",
+                &self.storage,
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -72,7 +97,8 @@ impl Broker {
         }
     }
 
-    /// Kills the broker (like a crash; its memory storage is lost).
+    /// Kills the broker (SIGKILL, like a crash; memory storage is lost, SQLite storage keeps
+    /// what was acknowledged).
     pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
@@ -85,6 +111,9 @@ impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
             let _ = c.start_kill();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

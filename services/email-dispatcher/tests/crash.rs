@@ -40,11 +40,9 @@ async fn a_dispatcher_killed_before_committing_mails_nothing_twice_after_restart
         brokers: app.brokers.clone(),
         schema: Some(schema.clone()),
         group: Some(group.clone()),
-        // The killed member is only dropped from the group when its session times out.
-        extra: vec![(
-            "TIDINGS_KAFKA_PROPERTIES",
-            "session.timeout.ms=6000;heartbeat.interval.ms=1000".to_owned(),
-        )],
+        // The killed member is dropped from the group when its session times out (6 s by
+        // default).
+        extra: vec![],
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_email-dispatcher"))
         .envs(dispatcher_vars(&opts, &schema, &group))
@@ -95,10 +93,13 @@ async fn a_dispatcher_killed_before_committing_mails_nothing_twice_after_restart
     );
     drop(reader);
 
+    let restarted = std::time::Instant::now();
     let d = spawn_dispatcher(opts).await;
     agent_reply(&app, &ticket, "Second answer").await;
     // The second answer is behind the redelivered events of the same ticket.
     let mails = inbox.wait_for(&address, 3, Duration::from_secs(60)).await;
+    // Not a target (benchmarks hold those): the figure the operations docs quote.
+    eprintln!("mail delivered {:?} after the restart", restarted.elapsed());
     assert_eq!(
         mails.len(),
         3,

@@ -18,8 +18,9 @@
 //! Rebalances: records of a partition being revoked stop starting, the revocation waits for
 //! those in a handler, then commits — so the next owner starts exactly after what was
 //! handled and never handles a record at the same time as this process. An assignment that
-//! was *lost* (the coordinator forgot this member) commits nothing, and the loop subscribes
-//! again once the topics exist (see [`rejoin_after_loss`]).
+//! was *lost* (the coordinator forgot this member) commits nothing; if the assignment that
+//! follows is empty, the loop subscribes again once the topics exist (see
+//! [`rejoin_after_loss`]).
 //!
 //! Shutdown: stop polling, let every lane finish the record it is on (handlers stop retrying),
 //! synchronously commit what was handled, leave the group. Records that were queued but not
@@ -368,7 +369,9 @@ impl Tracking {
 /// committing them would make the next owner skip records.
 struct TrackingContext {
     tracking: Arc<Tracking>,
-    /// Signalled when an assignment was lost (see [`rejoin_after_loss`]).
+    /// Set when an assignment was lost, until the next assignment.
+    lost_pending: std::sync::atomic::AtomicBool,
+    /// Signalled when the assignment after a lost one is empty (see [`rejoin_after_loss`]).
     lost: Arc<tokio::sync::Notify>,
     name: &'static str,
     /// How long a revocation waits for handlers in progress.
@@ -401,7 +404,8 @@ impl ConsumerContext for TrackingContext {
                         partitions = %partition_list(revoked),
                         "assignment lost; nothing committed"
                     );
-                    self.lost.notify_one();
+                    self.lost_pending
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     return;
                 }
                 if tpl.count() > 0
@@ -416,6 +420,12 @@ impl ConsumerContext for TrackingContext {
                 );
             }
             Rebalance::Assign(assigned) => {
+                let after_loss = self
+                    .lost_pending
+                    .swap(false, std::sync::atomic::Ordering::SeqCst);
+                if after_loss && assigned.count() == 0 {
+                    self.lost.notify_one();
+                }
                 tracing::info!(
                     consumer = self.name,
                     partitions = %partition_list(assigned),
@@ -563,6 +573,7 @@ pub async fn run_consumer<H: Handler>(
             .set("fetch.queue.backoff.ms", "20")
             .create_with_context(TrackingContext {
                 tracking: tracking.clone(),
+                lost_pending: Default::default(),
                 lost: lost.clone(),
                 name: config.name,
                 revoke_wait: REVOKE_WAIT,
@@ -748,10 +759,10 @@ async fn commit_periodically(
 
 /// After the group lost our assignment — the coordinator forgot us: a broker that lost its
 /// data, or a session that expired — librdkafka rejoins at once, often before the topics
-/// are back (an empty broker has them only once a producer recreates them). The assignment
-/// then covers no partition, and librdkafka never rejoins by itself: its cached view of the
-/// subscribed topics (names and partition counts) did not change. So wait until every
-/// subscribed topic exists again, then subscribe afresh, which rejoins with the topics.
+/// are back (an empty broker has them only once a producer recreates them). When that
+/// assignment covers no partition, librdkafka never rejoins by itself: its cached view of
+/// the subscribed topics (names and partition counts) did not change. So then wait until
+/// every subscribed topic exists again, and subscribe afresh, which rejoins with them.
 async fn rejoin_after_loss(
     consumer: Arc<StreamConsumer<TrackingContext>>,
     topics: Vec<String>,

@@ -127,10 +127,14 @@ impl Publisher {
             Ok(_) => Ok(()),
             Err((e, _)) => {
                 self.producer.renew_if_fatal(&producer, &e);
+                // A record for a topic the broker does not know waits in the producer for
+                // the topic's metadata and times out, or fails with an unknown topic.
                 if matches!(
                     e.rdkafka_error_code(),
                     Some(
-                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                        RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::UnknownTopic
+                            | RDKafkaErrorCode::MessageTimedOut
                     )
                 ) {
                     let topics = [(topic.to_owned(), self.topics.partitions)];

@@ -342,6 +342,68 @@ async fn an_unregistered_token_removes_the_device_and_publishes_its_invalidation
 }
 
 #[tokio::test]
+async fn answers_that_may_mean_misconfiguration_fail_the_push_and_keep_the_device() {
+    // A sandbox/production mix-up is answered with APNs 400 BadDeviceToken; a wrong
+    // TIDINGS_FCM_URL (or a proxy) with a bare 404. Neither says the token is gone.
+    let app = spawn_app().await;
+    // FCM traffic goes to another stack's double (its CA, its service account), under a
+    // path that is not FCM's: the double answers 404 NOT_FOUND, as a wrong URL would.
+    let other = spawn_push(&app, vec![]).await;
+    let push = spawn_push(
+        &app,
+        vec![
+            (
+                "TIDINGS_FCM_URL",
+                format!("{}/not-fcm", other.doubles.fcm_url),
+            ),
+            (
+                "TIDINGS_FCM_CA_FILE",
+                other.doubles.ca_file.display().to_string(),
+            ),
+            (
+                "TIDINGS_FCM_SERVICE_ACCOUNT_FILE",
+                other.doubles.fcm_service_account_file.display().to_string(),
+            ),
+        ],
+    )
+    .await;
+    let sub = unique("ann");
+    let ann = customer(&sub);
+    let (ios, android) = (apns_token(), fcm_token());
+    register(&push, &ann, pb::Platform::Ios, &ios, "en").await;
+    register(&push, &ann, pb::Platform::Android, &android, "en").await;
+    push.doubles.fail(&ios, Failure::BadToken, None);
+    let ticket = open_as(&app, &ann, "Phone").await.ticket_id;
+    agent_does(&app, &ticket, "reply").await;
+
+    // The event is dead-lettered with both devices' reasons.
+    let dead = read_topic(
+        &app.brokers,
+        &push.dead_letter_topic,
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let reason = header(&dead[0], "tidings_dlq_reason").unwrap();
+    assert!(reason.contains("APNs 400 BadDeviceToken"), "{reason}");
+    assert!(reason.contains("FCM 404"), "{reason}");
+    let listed = push
+        .devices()
+        .await
+        .list_devices(authed(&ann, pb::ListDevicesRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    assert_eq!(listed.len(), 2, "both devices are kept");
+    assert_eq!(
+        push.metric("tidings_pushes_total", "outcome=\"invalidated\"")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn throttling_is_retried_after_retry_after_and_a_500_storm_ends_in_the_dead_letter_topic() {
     let app = spawn_app().await;
     let push = spawn_push(&app, vec![("TIDINGS_PUSH_GIVE_UP_SECS", "2".into())]).await;

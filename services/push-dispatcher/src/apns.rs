@@ -157,12 +157,12 @@ impl Transport for ApnsClient {
             .unwrap_or_else(|_| format!("HTTP {status}"));
         let reason = format!("APNs {status} {reason}");
         match status {
+            // Only Apple's "this token is no longer active" removes the device.
+            // `BadDeviceToken` is also what a sandbox token sent to production (or the
+            // reverse) gets, and `DeviceTokenNotForTopic` a wrong bundle id: configuration
+            // mistakes that must not delete every customer's devices. They fail with the
+            // reason (dead letter) and the device stays.
             410 => PushResult::Invalid { reason },
-            400 if reason.ends_with("BadDeviceToken")
-                || reason.ends_with("DeviceTokenNotForTopic") =>
-            {
-                PushResult::Invalid { reason }
-            }
             429 => PushResult::Throttled {
                 retry_after: retry_after(&headers),
                 reason,

@@ -232,8 +232,10 @@ impl Transport for FcmClient {
             None => format!("FCM {status}"),
         };
         match (status, fcm_code.as_str()) {
-            (_, "UNREGISTERED") | (404, _) => PushResult::Invalid { reason },
-            (400, "INVALID_ARGUMENT") => PushResult::Invalid { reason },
+            // Only FCM's `UNREGISTERED` error code removes the device. A bare 404 is also
+            // what a wrong TIDINGS_FCM_URL or a proxy answers, and INVALID_ARGUMENT any
+            // malformed message: they fail with the reason (dead letter), the device stays.
+            (_, "UNREGISTERED") => PushResult::Invalid { reason },
             (401, _) => {
                 // The cached token was refused: get a new one on the retry.
                 *self.token.lock().await = None;

@@ -20,8 +20,8 @@ use tidings_notify::Device;
 pub enum PushResult {
     /// Accepted; the provider's id for it (apns-id, FCM message name).
     Sent { id: String },
-    /// The token is dead (APNs 410 / BadDeviceToken, FCM UNREGISTERED / INVALID_ARGUMENT):
-    /// delete the device.
+    /// The provider says the token is gone (APNs 410, FCM `UNREGISTERED`): delete the
+    /// device.
     Invalid { reason: String },
     /// 429: try again, not before `retry_after` when the provider said so.
     Throttled {

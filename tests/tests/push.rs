@@ -49,6 +49,16 @@ async fn register(
         .expect("device")
 }
 
+async fn listed_devices(push: &PushStack, who: &str) -> Vec<pb::Device> {
+    push.devices()
+        .await
+        .list_devices(authed(who, pb::ListDevicesRequest {}))
+        .await
+        .expect("devices listed")
+        .into_inner()
+        .devices
+}
+
 async fn agent_does(app: &TestApp, ticket: &str, what: &str) {
     let giulia = agent("giulia");
     let mut c = app.tickets().await;
@@ -319,14 +329,7 @@ async fn an_unregistered_token_removes_the_device_and_publishes_its_invalidation
         Some(ev::notification_event::Outcome::DeviceTokenInvalidated(d)) if d.platform == "ios" && d.reason.contains("410")
     ));
     assert_eq!(invalidated.channel, ev::Channel::Push as i32);
-    let listed = push
-        .devices()
-        .await
-        .list_devices(authed(&ann, pb::ListDevicesRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .devices;
+    let listed = listed_devices(&push, &ann).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].token, live);
 
@@ -387,14 +390,7 @@ async fn answers_that_may_mean_misconfiguration_fail_the_push_and_keep_the_devic
     let reason = header(&dead[0], "tidings_dlq_reason").unwrap();
     assert!(reason.contains("APNs 400 BadDeviceToken"), "{reason}");
     assert!(reason.contains("FCM 404"), "{reason}");
-    let listed = push
-        .devices()
-        .await
-        .list_devices(authed(&ann, pb::ListDevicesRequest {}))
-        .await
-        .unwrap()
-        .into_inner()
-        .devices;
+    let listed = listed_devices(&push, &ann).await;
     assert_eq!(listed.len(), 2, "both devices are kept");
     assert_eq!(
         push.metric("tidings_pushes_total", "outcome=\"invalidated\"")
@@ -649,15 +645,7 @@ async fn re_registering_a_token_is_idempotent_and_moves_it_to_the_current_user()
     assert_eq!(moved.device_id, first.device_id);
     let list = |who: String| {
         let push = &push;
-        async move {
-            push.devices()
-                .await
-                .list_devices(authed(&who, pb::ListDevicesRequest {}))
-                .await
-                .unwrap()
-                .into_inner()
-                .devices
-        }
+        async move { listed_devices(push, &who).await }
     };
     assert!(list(ann.clone()).await.is_empty());
     assert_eq!(list(bob.clone()).await.len(), 1);

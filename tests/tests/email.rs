@@ -75,7 +75,7 @@ fn query_param(text: &str, name: &str) -> String {
 #[tokio::test]
 async fn agent_reply_on_a_customers_ticket_mails_the_account_address_and_their_own_reply_does_not()
 {
-    let (app, _d) = stack_with_smtp(shared_smtp()).await;
+    let (app, d) = stack_with_smtp(shared_smtp()).await;
     let inbox = shared_maildev();
     let sub = unique("ann");
     let address = format!("{sub}@example.com");
@@ -162,6 +162,11 @@ async fn agent_reply_on_a_customers_ticket_mails_the_account_address_and_their_o
     // Let the dispatcher see nothing more for this address (a bounded settle window).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(inbox.to(&address).await.len(), 3);
+    // The crash window (acceptance → send record) is measured for every mail sent.
+    assert!(
+        d.metric("tidings_email_unrecorded_seconds_count").await >= 3.0,
+        "the acceptance-to-record histogram counts the sends"
+    );
 }
 
 #[tokio::test]

@@ -180,6 +180,7 @@ impl<M: Mailer> Dispatch<M> {
 
         let started = Instant::now();
         let sent = self.send_with_retry(&email).await?;
+        let accepted = Instant::now();
         // Thousands of records wait for their outcome's acknowledgement at once; none needs
         // its email any more.
         drop(email);
@@ -216,6 +217,10 @@ impl<M: Mailer> Dispatch<M> {
         self.with_db_retry(|| self.sends.record(record.clone()))
             .await?;
         let label = if result.is_ok() {
+            // The crash window: a dispatcher killed between the server's acceptance and the
+            // record mails the message again after its restart.
+            metrics::histogram!("tidings_email_unrecorded_seconds")
+                .record(accepted.elapsed().as_secs_f64());
             // For staleness alerts ("no mail accepted for 10 minutes") and the benchmark.
             metrics::gauge!("tidings_email_last_sent_timestamp_seconds")
                 .set(Utc::now().timestamp_micros() as f64 / 1e6);

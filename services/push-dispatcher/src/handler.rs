@@ -161,6 +161,7 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
         let message = payload::build(update, device, kind, self.clock.now());
         let started = Instant::now();
         let result = self.send_with_retry(device, &message).await?;
+        let accepted = Instant::now();
         metrics::histogram!("tidings_push_send_seconds", "platform" => platform)
             .record(started.elapsed().as_secs_f64());
         let (recorded, outcome, provider_id, verdict, label) = match result {
@@ -230,6 +231,12 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
         };
         self.db("send log", || self.sends.record(record.clone()))
             .await?;
+        if label == "sent" {
+            // The crash window: a dispatcher killed between the provider's acceptance and
+            // the record pushes again after its restart.
+            metrics::histogram!("tidings_push_unrecorded_seconds", "platform" => platform)
+                .record(accepted.elapsed().as_secs_f64());
+        }
         metrics::counter!("tidings_pushes_total", "platform" => platform, "outcome" => label)
             .increment(1);
         verdict

@@ -55,6 +55,16 @@ metric() { # name [label filter] -> summed value
   curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk -v n="$1" -v f="${2:-}" \
     '$1 ~ "^"n"({|$)" && index($0, f) { s += $NF } END { printf "%d", s }'
 }
+# The crash window's 99th percentile in ms (SMTP acceptance -> send record), from the
+# histogram's buckets: the smallest bucket bound holding 99 % of the sends.
+window_p99() {
+  curl -fsS "http://$ADMIN/metrics" 2>/dev/null | awk '
+    /^tidings_email_unrecorded_seconds_bucket/ {
+      match($0, /le="[^"]*"/); k++; le[k] = substr($0, RSTART + 4, RLENGTH - 5); n[k] = $NF }
+    /^tidings_email_unrecorded_seconds_count/ { total = $NF }
+    END { for (i = 1; i <= k; i++) if (n[i] >= 0.99 * total) {
+            if (le[i] == "+Inf") print 99999; else printf "%.0f\n", le[i] * 1000; exit } }'
+}
 # One round: fresh topic, schema and group; the dispatcher drains the preloaded events, then
 # smtp-source sends as many messages. Appends "ours anchor rss_kib size" to .dev/bench-email-rounds.
 round() {
@@ -86,8 +96,9 @@ round() {
     if [ -z "$T_FIRST" ]; then sleep 0.05; else sleep 0.5; fi
   done
   [ -n "$T_LAST" ] || { echo "not all emails were sent in time" >&2; exit 1; }
-  local bytes rss_kb size ours s0 s1 anchor
+  local bytes rss_kb size ours s0 s1 anchor window
   bytes="$(metric tidings_email_bytes_total)"
+  window="$(window_p99)"
   rss_kb="$(awk '/VmHWM/ {print $2}' /proc/$DISPATCHER/status)"
   kill -TERM $DISPATCHER; wait $DISPATCHER 2>/dev/null || true
   size=$((bytes / N))
@@ -99,7 +110,7 @@ round() {
   smtp-source -d -s "$SESSIONS" -m "$N" -l "$size" -f no-reply@tidings.example -t load@example.com "127.0.0.1:$SINK_PORT"
   s1="$(date +%s.%N)"
   anchor="$(awk -v n="$N" -v a="$s0" -v b="$s1" 'BEGIN {printf "%.0f", n / (b - a)}')"
-  echo "$ours $anchor $rss_kb $size" >> .dev/bench-email-rounds
+  echo "$ours $anchor $rss_kb $size $window" >> .dev/bench-email-rounds
 }
 
 : > .dev/bench-email-rounds
@@ -112,6 +123,7 @@ ANCHOR="$(awk '{ print $2 }' .dev/bench-email-rounds | median)"
 RATIO="$(awk '{ printf "%.4f\n", $1 / $2 }' .dev/bench-email-rounds | median | awk '{ printf "%.2f", $1 }')"
 RSS_KB="$(awk '$3 > m { m = $3 } END { print m }' .dev/bench-email-rounds)"
 SIZE="$(awk 'END { print $4 }' .dev/bench-email-rounds)"
+WINDOW="$(awk '$5 > m { m = $5 } END { print m + 0 }' .dev/bench-email-rounds)"
 check() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? v >= t : v <= t; print ok ? "ok" : "MISSED" }'; }
 
 cat <<REPORT
@@ -122,6 +134,7 @@ smtp-source -> smtp-sink (median)     ${ANCHOR} msgs/s
 email dispatcher -> smtp-sink (median) ${OURS} emails/s (first consume to last accepted)
 ratio ours / smtp-source (median)     ${RATIO}   target >= 0.7   $(check "$RATIO" 0.7 ">=")
 email-dispatcher peak RSS (max)       $((RSS_KB / 1024)) MiB   target <= 100   $(check "$((RSS_KB / 1024))" 100 "<=")
+crash window p99 (max over rounds)    <= ${WINDOW} ms   target <= 10   $(check "$WINDOW" 10 "<=")
 where the CPU went while the dispatcher ran, last round (shares of one core; the machine has $(nproc)):
 $(cpu_split .dev/bench-email-cpu.0 .dev/bench-email-cpu.1 "$(cat .dev/bench-email-cpu.secs)")
 REPORT

@@ -71,6 +71,10 @@ impl SendLog {
     /// Starts the batching tasks over `table`; they end when every `SendLog` clone is
     /// dropped. Outcome events go out through `outcomes`.
     pub fn new(pool: PgPool, table: &'static str, outcomes: Arc<Publisher>) -> Self {
+        // Unbounded, and still bounded: every caller awaits its own answer before it asks
+        // again, so each queue holds at most one entry per handler in flight — the consumer
+        // loop's lanes (`*_LANES`), times the recipients an event has at once (one for
+        // email, an event's devices for push).
         let (lookups, lrx) = mpsc::unbounded_channel();
         let (records, rrx) = mpsc::unbounded_channel();
         tokio::spawn(lookup_batches(pool.clone(), table, lrx));

@@ -463,6 +463,8 @@ impl SmtpMailer {
             .map_err(SmtpSetupError::Thread)?;
         let mut workers = Vec::new();
         let mut pool = |size: usize| {
+            // Bounded by its callers: each send awaits its job's answer, so the queue holds
+            // at most one job per handler in flight (the consumer loops' lanes).
             let (tx, rx) = flume::unbounded();
             for _ in 0..size.max(1) {
                 workers.push(runtime.spawn(session_worker(

@@ -90,8 +90,26 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
 }
+
+/// A token's `aud`: one audience or several — RFC 7519 §4.1.3 allows both, and identity
+/// providers send either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(aud: &str) -> Self {
+        Audience::One(aud.to_owned())
+    }
+}
+
+/// RFC 7518 §3.2: an HS256 key must be at least as long as the hash, 256 bits.
+const HS256_MIN_SECRET_BYTES: usize = 32;
 
 /// How JWTs are checked. HS256 for development and tests; RS256/ES256 with the identity
 /// provider's public key in production.
@@ -120,6 +138,13 @@ impl JwtSettings {
         let algorithm = env.string("TIDINGS_JWT_ALGORITHM", "HS256");
         let key = match algorithm.as_str() {
             "HS256" => match env.secret("TIDINGS_JWT_HS256_SECRET") {
+                Some(s) if s.expose_secret().len() < HS256_MIN_SECRET_BYTES => {
+                    env.error(format!(
+                        "TIDINGS_JWT_HS256_SECRET is {} bytes: an HS256 secret must have at least {HS256_MIN_SECRET_BYTES} (RFC 7518 §3.2)",
+                        s.expose_secret().len()
+                    ));
+                    None
+                }
                 Some(s) => Some(JwtKey::Hs256(s)),
                 None => {
                     env.error(
@@ -453,6 +478,53 @@ mod tests {
             a.authenticate(Some(&format!("Bearer {hs}")), Utc::now()),
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn an_audience_list_that_names_us_is_accepted_and_one_that_does_not_is_refused() {
+        let settings = JwtSettings {
+            key: JwtKey::Es256Pem(include_str!("../testdata/es256-public.pem").into()),
+            issuer: None,
+            audience: Some("tidings".into()),
+            agent_role: "agent".into(),
+        };
+        let a = Authenticator::new(&settings, Some(keys())).unwrap();
+        let with = |aud: Audience| {
+            es256(
+                &Claims {
+                    aud: Some(aud),
+                    ..claims("ann")
+                },
+                include_str!("../testdata/es256-private.pem"),
+            )
+        };
+        let listed = with(Audience::Many(vec!["portal".into(), "tidings".into()]));
+        assert!(matches!(
+            a.authenticate(Some(&format!("Bearer {listed}")), Utc::now()),
+            Ok(Some(Principal::Customer { .. }))
+        ));
+        let others = with(Audience::Many(vec!["portal".into(), "billing".into()]));
+        assert!(matches!(
+            a.authenticate(Some(&format!("Bearer {others}")), Utc::now()),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn an_hs256_secret_shorter_than_32_bytes_is_refused_at_configuration() {
+        let load = |secret: &'static str| {
+            let mut env = Env::with_lookup(move |k| {
+                (k == "TIDINGS_JWT_HS256_SECRET").then(|| secret.to_owned())
+            });
+            let _ = JwtSettings::from_env(&mut env);
+            env.finish().map_err(|e| e.to_string())
+        };
+        let err = load("short-secret").unwrap_err();
+        assert!(
+            err.contains("TIDINGS_JWT_HS256_SECRET is 12 bytes"),
+            "{err}"
+        );
+        assert!(load("0123456789abcdef0123456789abcdef").is_ok());
     }
 
     #[test]

@@ -374,8 +374,6 @@ struct TrackingContext {
     /// Signalled when the assignment after a lost one is empty (see [`rejoin_after_loss`]).
     lost: Arc<tokio::sync::Notify>,
     name: &'static str,
-    /// How long a revocation waits for handlers in progress.
-    revoke_wait: Duration,
 }
 
 impl ClientContext for TrackingContext {}
@@ -391,7 +389,7 @@ impl ConsumerContext for TrackingContext {
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
                 self.tracking.lock().revoke(&keys);
-                if !self.tracking.wait_idle(&keys, self.revoke_wait) {
+                if !self.tracking.wait_idle(&keys, REVOKE_WAIT) {
                     tracing::warn!(
                         consumer = self.name,
                         "handlers still running at revocation; their records go to the next owner"
@@ -576,7 +574,6 @@ pub async fn run_consumer<H: Handler>(
                 lost_pending: Default::default(),
                 lost: lost.clone(),
                 name: config.name,
-                revoke_wait: REVOKE_WAIT,
             })?,
     );
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();

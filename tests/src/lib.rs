@@ -69,13 +69,34 @@ pub fn service_vars(
         ("TIDINGS_JWT_HS256_SECRET", JWT_SECRET.to_owned()),
         ("TIDINGS_GUEST_KEYS", GUEST_KEYS.to_owned()),
         ("TIDINGS_CODE_SEAL_KEY", SEAL_KEY.to_owned()),
+        // Tests open many guest tickets from one address; the throttling test sets its own.
+        (
+            "TIDINGS_GUEST_OPENS_PER_CLIENT_PER_HOUR",
+            "100000".to_owned(),
+        ),
+        (
+            "TIDINGS_GUEST_OPENS_PER_EMAIL_PER_HOUR",
+            "100000".to_owned(),
+        ),
     ]
 }
 
 /// Builds the service configuration the way production does: from variables.
 pub fn config_for(schema: &str, ticket_topic: &str, codes_topic: &str, brokers: &str) -> Config {
+    config_with(schema, ticket_topic, codes_topic, brokers, vec![])
+}
+
+/// `config_for` with `extra` variables set over the test defaults.
+pub fn config_with(
+    schema: &str,
+    ticket_topic: &str,
+    codes_topic: &str,
+    brokers: &str,
+    extra: Vec<(&'static str, String)>,
+) -> Config {
     let vars: HashMap<&str, String> = service_vars(schema, ticket_topic, codes_topic, brokers)
         .into_iter()
+        .chain(extra)
         .collect();
     let env = tidings_telemetry::config::Env::with_lookup(move |k| vars.get(k).cloned());
     Config::load(env).expect("test configuration is valid")
@@ -98,6 +119,8 @@ pub struct SpawnOptions {
     pub topic: Option<String>,
     /// `TIDINGS_OUTBOX_BATCH_SIZE`; small batches make relay races likelier.
     pub outbox_batch_size: Option<i64>,
+    /// Variables set over the test defaults.
+    pub vars: Vec<(&'static str, String)>,
 }
 
 impl Default for SpawnOptions {
@@ -107,6 +130,7 @@ impl Default for SpawnOptions {
             schema: None,
             topic: None,
             outbox_batch_size: None,
+            vars: vec![],
         }
     }
 }
@@ -124,7 +148,7 @@ pub async fn spawn_app_with(opts: SpawnOptions) -> TestApp {
         .topic
         .unwrap_or_else(|| format!("test.ticket-events.{id}"));
     let codes_topic = format!("{topic}.codes");
-    let mut config = config_for(&schema, &topic, &codes_topic, &opts.brokers);
+    let mut config = config_with(&schema, &topic, &codes_topic, &opts.brokers, opts.vars);
     if let Some(n) = opts.outbox_batch_size {
         config.outbox.batch_size = n;
     }

@@ -16,12 +16,14 @@ use uuid::Uuid;
 use crate::{JWT_SECRET, TestApp, database_url};
 
 pub struct PushStack {
-    pub doubles: Doubles,
+    /// Shared by replicas (`spawn_push_replica`).
+    pub doubles: Arc<Doubles>,
     pub app: Option<Application>,
     pub grpc: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
     pub clock: ManualClock,
     pub schema: String,
+    pub group_id: String,
     pub notification_topic: String,
     pub dead_letter_topic: String,
     pub pool: sqlx::PgPool,
@@ -30,17 +32,47 @@ pub struct PushStack {
 /// Starts the doubles and a push dispatcher consuming `app`'s ticket topic; `extra`
 /// overrides variables (e.g. a short give-up time).
 pub async fn spawn_push(app: &TestApp, extra: Vec<(&'static str, String)>) -> PushStack {
+    try_spawn_push(app, extra, None)
+        .await
+        .expect("push dispatcher starts")
+}
+
+/// A second replica of `first`: the same doubles, schema and consumer group, its own clock.
+pub async fn spawn_push_replica(
+    first: &PushStack,
+    app: &TestApp,
+    extra: Vec<(&'static str, String)>,
+) -> PushStack {
+    try_spawn_push(app, extra, Some(first))
+        .await
+        .expect("push dispatcher replica starts")
+}
+
+/// Starts a push dispatcher — a replica of `first` if given — or says why it did not.
+pub async fn try_spawn_push(
+    app: &TestApp,
+    extra: Vec<(&'static str, String)>,
+    first: Option<&PushStack>,
+) -> anyhow::Result<PushStack> {
     tidings_telemetry::init_tracing(false);
     let id = Uuid::new_v4().simple().to_string();
-    let doubles = Doubles::start(Options {
-        apns_port: 0,
-        fcm_port: 0,
-        dir: std::env::temp_dir().join(format!("tidings-push-{id}")),
-        record: true,
-    })
-    .await
-    .expect("push doubles start");
-    let schema = format!("t_{id}");
+    let doubles = match first {
+        Some(first) => first.doubles.clone(),
+        None => Arc::new(
+            Doubles::start(Options {
+                apns_port: 0,
+                fcm_port: 0,
+                dir: std::env::temp_dir().join(format!("tidings-push-{id}")),
+                record: true,
+            })
+            .await
+            .expect("push doubles start"),
+        ),
+    };
+    let (schema, group_id) = match first {
+        Some(first) => (first.schema.clone(), first.group_id.clone()),
+        None => (format!("t_{id}"), format!("test-push-{id}")),
+    };
     let notification_topic = format!("{}.notifications", app.topic);
     let dead_letter_topic = format!("{}.push-dlq", app.topic);
     let mut vars: HashMap<&str, String> = [
@@ -56,7 +88,7 @@ pub async fn spawn_push(app: &TestApp, extra: Vec<(&'static str, String)>) -> Pu
             notification_topic.clone(),
         ),
         ("TIDINGS_PUSH_DLQ_TOPIC", dead_letter_topic.clone()),
-        ("TIDINGS_PUSH_GROUP_ID", format!("test-push-{id}")),
+        ("TIDINGS_PUSH_GROUP_ID", group_id.clone()),
         ("TIDINGS_TOPIC_PARTITIONS", "3".into()),
         ("TIDINGS_OUTBOX_POLL_MS", "200".into()),
         ("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", "3000".into()),
@@ -87,26 +119,26 @@ pub async fn spawn_push(app: &TestApp, extra: Vec<(&'static str, String)>) -> Pu
     for (k, v) in extra {
         vars.insert(k, v);
     }
+    let schema = vars["TIDINGS_PUSH_DB_SCHEMA"].clone();
     let env = tidings_telemetry::config::Env::with_lookup(move |k| vars.get(k).cloned());
     let config = Config::load(env).expect("test push configuration is valid");
     let clock = ManualClock::new(chrono::Utc::now());
-    let app = Application::build(config, Arc::new(clock.clone()))
-        .await
-        .expect("push dispatcher starts");
+    let app = Application::build(config, Arc::new(clock.clone())).await?;
     let pool = tidings_store::connect(&database_url(), Some(&schema), 2)
         .await
         .expect("test pool");
-    PushStack {
+    Ok(PushStack {
         grpc: app.grpc_addr(),
         admin: app.admin_addr().expect("admin port"),
         app: Some(app),
         doubles,
         clock,
         schema,
+        group_id,
         notification_topic,
         dead_letter_topic,
         pool,
-    }
+    })
 }
 
 impl PushStack {

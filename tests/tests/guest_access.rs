@@ -359,3 +359,130 @@ async fn the_code_is_never_in_plaintext_in_the_events_the_outbox_or_either_topic
         }
     }
 }
+
+#[tokio::test]
+async fn twenty_wrong_codes_across_codes_lock_the_ticket_for_the_day_and_the_lock_is_an_event() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let link = link_for(ticket, "guest@example.com");
+    let mut g = app.guests().await;
+    let mut last = None;
+    // Four codes, five wrong guesses each: each new code does not reset the count.
+    for round in 0..4 {
+        if round > 0 {
+            app.clock.advance(chrono::Duration::seconds(61));
+        }
+        g.request_access_code(RequestAccessCodeRequest {
+            link_token: link.clone(),
+        })
+        .await
+        .expect("a code while under the daily bound");
+        for _ in 0..5 {
+            last = Some(
+                g.verify_access_code(VerifyAccessCodeRequest {
+                    link_token: link.clone(),
+                    code: "000000".into(),
+                })
+                .await
+                .unwrap_err(),
+            );
+        }
+    }
+    // The odds that one of four random codes is 000000 are 4 in a million; then the test
+    // would see a session instead, and fail loudly rather than pass by chance.
+    let locked = last.unwrap();
+    assert_eq!(
+        locked.code(),
+        Code::ResourceExhausted,
+        "{}",
+        locked.message()
+    );
+    assert!(locked.message().contains("today"), "{}", locked.message());
+    assert!(locked.metadata().get("retry-after").is_some());
+
+    // No further code is sent, however long one waits within the day.
+    app.clock.advance(chrono::Duration::hours(2));
+    let e = g
+        .request_access_code(RequestAccessCodeRequest {
+            link_token: link.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("try again"), "{}", e.message());
+
+    // The lock is on the ticket's stream, for audit, like the other access events.
+    let records = read_topic(&app.brokers, &app.topic, 26, Duration::from_secs(30)).await;
+    assert!(
+        records
+            .iter()
+            .any(|m| matches!(decode(m).kind, Some(Kind::GuestAccessLocked(_)))),
+        "GuestAccessLocked on the topic"
+    );
+
+    // A day after the first attempt, access works again.
+    app.clock.advance(chrono::Duration::hours(22));
+    g.request_access_code(RequestAccessCodeRequest {
+        link_token: link.clone(),
+    })
+    .await
+    .expect("a new day");
+    let code = emailed_code(&app, ticket, 5).await;
+    g.verify_access_code(VerifyAccessCodeRequest {
+        link_token: link,
+        code,
+    })
+    .await
+    .expect("the right code opens a session");
+}
+
+#[tokio::test]
+async fn opening_guest_tickets_is_throttled_per_email_address_and_per_client() {
+    let app = spawn_app_with(SpawnOptions {
+        vars: vec![
+            ("TIDINGS_GUEST_OPENS_PER_EMAIL_PER_HOUR", "2".into()),
+            ("TIDINGS_GUEST_OPENS_PER_CLIENT_PER_HOUR", "4".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let open = |email: &'static str, request_id: String| {
+        let app = &app;
+        async move {
+            app.tickets()
+                .await
+                .open_ticket(OpenTicketRequest {
+                    request_id,
+                    subject: "Cannot log in".into(),
+                    body: "I filed this without an account".into(),
+                    guest: Some(GuestRequester {
+                        email: email.into(),
+                        locale: "en".into(),
+                    }),
+                })
+                .await
+        }
+    };
+    let first = rid();
+    open("victim@example.com", first.clone()).await.unwrap();
+    open("victim@example.com", rid()).await.unwrap();
+    let e = open("Victim@Example.com", rid()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("email address"), "{}", e.message());
+    assert!(e.metadata().get("retry-after").is_some());
+    // A retry of a call that succeeded is answered, not counted.
+    open("victim@example.com", first).await.expect("a retry");
+
+    // The same caller, other addresses: bounded per client (the refused call above counted
+    // against the caller, never against an address it did not get to mail).
+    open("a@example.com", rid()).await.unwrap();
+    let e = open("b@example.com", rid()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("client"), "{}", e.message());
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE event_type = 'TicketOpened'")
+            .await,
+        3,
+        "refused calls write nothing"
+    );
+}

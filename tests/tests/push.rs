@@ -59,6 +59,36 @@ async fn listed_devices(push: &PushStack, who: &str) -> Vec<pb::Device> {
         .devices
 }
 
+/// Quiet hours for `who` around the dispatcher's "now", in UTC: from an hour ago to an hour
+/// ahead.
+async fn quiet_hours_around_now(push: &PushStack, who: &str) {
+    let now = {
+        use tidings_domain::clock::Clock as _;
+        push.clock.now()
+    };
+    let hhmm = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M").to_string();
+    push.preferences()
+        .await
+        .update_preferences(authed(
+            who,
+            pb::UpdatePreferencesRequest {
+                preferences: Some(pb::Preferences {
+                    push_enabled: true,
+                    agent_replies: true,
+                    info_requests: true,
+                    resolutions: true,
+                    quiet_hours: Some(pb::QuietHours {
+                        start: hhmm(now - chrono::Duration::hours(1)),
+                        end: hhmm(now + chrono::Duration::hours(1)),
+                        time_zone: "Etc/UTC".into(),
+                    }),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+}
+
 async fn agent_does(app: &TestApp, ticket: &str, what: &str) {
     let giulia = agent("giulia");
     let mut c = app.tickets().await;
@@ -229,32 +259,7 @@ async fn quiet_hours_hold_pushes_until_the_window_ends_and_drop_replies_of_ticke
     let ann = customer(&sub);
     let ios = apns_token();
     register(&push, &ann, pb::Platform::Ios, &ios, "en").await;
-    // A window around the dispatcher's "now", in UTC: from an hour ago to an hour ahead.
-    let now = {
-        use tidings_domain::clock::Clock as _;
-        push.clock.now()
-    };
-    let hhmm = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M").to_string();
-    push.preferences()
-        .await
-        .update_preferences(authed(
-            &ann,
-            pb::UpdatePreferencesRequest {
-                preferences: Some(pb::Preferences {
-                    push_enabled: true,
-                    agent_replies: true,
-                    info_requests: true,
-                    resolutions: true,
-                    quiet_hours: Some(pb::QuietHours {
-                        start: hhmm(now - chrono::Duration::hours(1)),
-                        end: hhmm(now + chrono::Duration::hours(1)),
-                        time_zone: "Etc/UTC".into(),
-                    }),
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    quiet_hours_around_now(&push, &ann).await;
     let first = open_as(&app, &ann, "First").await.ticket_id;
     let second = open_as(&app, &ann, "Second").await.ticket_id;
     agent_does(&app, &first, "reply").await;
@@ -727,4 +732,253 @@ async fn pushes_to_many_devices_share_one_http2_connection_and_one_provider_toke
         1,
         "one provider token for every request"
     );
+}
+
+#[tokio::test]
+async fn a_release_that_outlasts_a_minute_of_retries_is_not_sent_again_by_another_replica() {
+    let app = spawn_app().await;
+    let a = spawn_push(&app, vec![]).await;
+    let b = spawn_push_replica(&a, &app, vec![]).await;
+    let sub = unique("ann");
+    let ann = customer(&sub);
+    let ios = apns_token();
+    register(&a, &ann, pb::Platform::Ios, &ios, "en").await;
+    quiet_hours_around_now(&a, &ann).await;
+    let ticket = open_as(&app, &ann, "Held").await.ticket_id;
+    for _ in 0..3 {
+        agent_does(&app, &ticket, "reply").await;
+    }
+    eventually(Duration::from_secs(30), "three pushes held", || async {
+        (a.count("SELECT count(*) FROM held_pushes").await == 3).then_some(())
+    })
+    .await;
+
+    // APNs is unavailable for a while: the replica that claims the holds keeps retrying.
+    a.doubles.fail(&ios, Failure::Unavailable, Some(30));
+    a.clock.advance(chrono::Duration::hours(2));
+    eventually(Duration::from_secs(30), "replica a is retrying", || async {
+        (!a.doubles.attempts_for(&ios).is_empty()).then_some(())
+    })
+    .await;
+    // On replica b's clock the quiet hours are over and more than a minute has passed since
+    // a claimed them: a one-minute lease would have lapsed, and b would push them too.
+    b.clock
+        .advance(chrono::Duration::hours(2) + chrono::Duration::minutes(5));
+
+    eventually(Duration::from_secs(60), "the holds released", || async {
+        (a.count("SELECT count(*) FROM held_pushes").await == 0).then_some(())
+    })
+    .await;
+    let pushes = a.doubles.pushes_to(&ios);
+    let mut ids: Vec<_> = pushes
+        .iter()
+        .map(|p| p.headers.get("apns-id").cloned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (pushes.len(), ids.len()),
+        (3, 3),
+        "each held push once: {ids:?}"
+    );
+    assert!(
+        a.doubles.attempts_for(&ios).len() > 3,
+        "the provider failed first"
+    );
+}
+
+#[tokio::test]
+async fn a_hold_that_can_never_be_sent_is_dead_lettered_once_and_not_claimed_again() {
+    let app = spawn_app().await;
+    let push = spawn_push(&app, vec![]).await;
+    let due = {
+        use tidings_domain::clock::Clock as _;
+        push.clock.now() - chrono::Duration::minutes(1)
+    };
+    for (kind, event) in [
+        ("shouted_from_the_rooftops", vec![]),
+        ("agent_replied", b"not a ticket event".to_vec()),
+    ] {
+        sqlx::query(
+            "INSERT INTO held_pushes (event_id, device_id, ticket_id, sequence, kind, held_at,
+                                      release_at, event)
+             VALUES ($1, $2, $3, 1, $4, $5, $5, $6)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(uuid::Uuid::new_v4())
+        .bind(uuid::Uuid::new_v4())
+        .bind(kind)
+        .bind(due)
+        .bind(event)
+        .execute(&push.pool)
+        .await
+        .unwrap();
+    }
+
+    let dead = read_topic_exactly(
+        &app.brokers,
+        &push.dead_letter_topic,
+        2,
+        Duration::from_secs(2),
+    )
+    .await;
+    let mut reasons: Vec<_> = dead
+        .iter()
+        .map(|m| header(m, "tidings_dlq_reason").unwrap().to_owned())
+        .collect();
+    reasons.sort();
+    assert!(reasons[0].contains("unknown push kind"), "{reasons:?}");
+    assert!(reasons[1].contains("unreadable held event"), "{reasons:?}");
+    assert_eq!(push.count("SELECT count(*) FROM held_pushes").await, 0);
+}
+
+#[tokio::test]
+async fn a_taken_port_fails_the_start_before_anything_is_migrated() {
+    let app = spawn_app().await;
+    let first = spawn_push(&app, vec![]).await;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let err = try_spawn_push(
+        &app,
+        vec![
+            ("TIDINGS_PUSH_GRPC_ADDR", first.grpc.to_string()),
+            ("TIDINGS_PUSH_DB_SCHEMA", schema.clone()),
+        ],
+        None,
+    )
+    .await
+    .err()
+    .expect("a taken gRPC port fails the start");
+    assert!(format!("{err:#}").contains("binding"), "{err:#}");
+    let migrated: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&schema)
+        .fetch_one(&first.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        migrated, 0,
+        "no schema created for a dispatcher that did not start"
+    );
+}
+
+#[tokio::test]
+async fn a_spike_of_gone_tokens_keeps_the_devices_and_removed_ones_can_be_restored() {
+    let app = spawn_app().await;
+    let push = spawn_push(
+        &app,
+        vec![
+            ("TIDINGS_PUSH_INVALIDATIONS_PER_HOUR", "2".into()),
+            ("TIDINGS_PUSH_INVALIDATIONS_SHARE_PER_HOUR", "0".into()),
+        ],
+    )
+    .await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let sub = unique("ann");
+    let ann = customer(&sub);
+    // A provider that says "gone" for every token: what a wrong URL or a sandbox/production
+    // mix-up looks like.
+    let tokens: Vec<String> = (0..4).map(|_| apns_token()).collect();
+    for token in &tokens {
+        register(&push, &ann, pb::Platform::Ios, token, "en").await;
+        push.doubles.fail(token, Failure::Unregistered, None);
+    }
+    let ticket = open_as(&app, &ann, "Phones").await.ticket_id;
+    agent_does(&app, &ticket, "reply").await;
+
+    // Two removals reach the hourly limit; the other two devices stay, and the event goes
+    // to the dead-letter topic saying why.
+    let dead = read_topic(
+        &app.brokers,
+        &push.dead_letter_topic,
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let reason = header(&dead[0], "tidings_dlq_reason").unwrap();
+    assert!(reason.contains("device kept"), "{reason}");
+    assert_eq!(listed_devices(&push, &ann).await.len(), 2);
+    assert_eq!(push.count("SELECT count(*) FROM removed_devices").await, 2);
+    assert_eq!(
+        push.metric("tidings_push_invalidations_withheld_total", "ios")
+            .await,
+        2.0
+    );
+
+    // The operator fixes the configuration and brings the removed devices back.
+    let restored = push_dispatcher::Registry::new(push.pool.clone())
+        .restore_removed(before)
+        .await
+        .unwrap();
+    assert_eq!(restored, 2);
+    let mut listed: Vec<String> = listed_devices(&push, &ann)
+        .await
+        .into_iter()
+        .map(|d| d.token)
+        .collect();
+    listed.sort();
+    let mut expected = tokens.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(push.count("SELECT count(*) FROM removed_devices").await, 0);
+}
+
+#[tokio::test]
+async fn expired_send_records_resolutions_and_removed_devices_are_pruned() {
+    let app = spawn_app().await;
+    let push = spawn_push(
+        &app,
+        vec![
+            ("TIDINGS_PUSH_RETENTION_DAYS", "7".into()),
+            ("TIDINGS_PUSH_REMOVED_DEVICE_DAYS", "1".into()),
+            ("TIDINGS_PRUNE_INTERVAL_SECS", "1".into()),
+        ],
+    )
+    .await;
+    for (age_days, tag) in [(8, "old"), (2, "recent")] {
+        let at = chrono::Utc::now() - chrono::Duration::days(age_days);
+        sqlx::query(
+            "INSERT INTO push_sends (event_id, recipient, kind, message_id, outcome, recorded_at)
+             VALUES ($1, $2, 'resolved', 'm', 'sent', $3)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(tag)
+        .bind(at)
+        .execute(&push.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO resolutions (ticket_id, sequence, recorded_at) VALUES ($1, 1, $2)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(at)
+        .execute(&push.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO removed_devices (device_id, account_id, platform, token, app_id, locale,
+                                          registered_at, removed_at, reason)
+             VALUES ($1, $2, 'ios', $2, 'app', 'en', $3, $3, 'gone')",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(tag)
+        .bind(at)
+        .execute(&push.pool)
+        .await
+        .unwrap();
+    }
+    eventually(Duration::from_secs(30), "expired rows pruned", || async {
+        let left = push
+            .count(
+                "SELECT (SELECT count(*) FROM push_sends) * 100
+                      + (SELECT count(*) FROM resolutions) * 10
+                      + (SELECT count(*) FROM removed_devices)",
+            )
+            .await;
+        (left == 110).then_some(())
+    })
+    .await;
+    let kept: Vec<String> = sqlx::query_scalar("SELECT recipient FROM push_sends")
+        .fetch_all(&push.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, ["recent"]);
 }

@@ -8,8 +8,8 @@ mod types;
 mod update;
 
 pub use ticket::{
-    AccessCodeOutcome, Command, Context, DomainError, EventKind, Message, MessageKind, PendingCode,
-    Ticket, TicketEvent, TicketSummary, apply, decide, fold,
+    AccessCodeOutcome, Command, Context, DomainError, EventKind, GuestDay, Message, MessageKind,
+    PendingCode, Ticket, TicketEvent, TicketSummary, apply, decide, fold,
 };
 pub use types::{
     AccountId, Actor, Body, DisplayName, Email, Locale, ParseError, RequestId, Requester, Subject,
@@ -27,6 +27,11 @@ pub mod limits {
     pub const EMAIL_MAX_CHARS: usize = 254;
     /// Guests get this many wrong guesses per code before it is burnt.
     pub const ACCESS_CODE_MAX_ATTEMPTS: u8 = 5;
+    /// Wrong codes a ticket takes in a day, across codes (a new code does not reset the count,
+    /// NIST SP 800-63B-4 §3.2.2), before guest access to it is locked for the rest of the day.
+    pub const ACCESS_FAILURES_PER_DAY: u32 = 20;
+    /// Codes a ticket's guest may request in a day.
+    pub const ACCESS_CODES_PER_DAY: u32 = 10;
     /// Excerpts travel in events so dispatchers can notify without calling back.
     pub const EXCERPT_MAX_CHARS: usize = 280;
 }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::limits::ACCESS_CODE_MAX_ATTEMPTS;
+use crate::limits::{ACCESS_CODE_MAX_ATTEMPTS, ACCESS_CODES_PER_DAY, ACCESS_FAILURES_PER_DAY};
 use crate::types::{Actor, Body, Requester, Subject, TicketId, TicketNumber, TicketStatus};
 
 /// Facts about the call that are not part of the command itself.
@@ -75,6 +75,10 @@ pub enum TicketEvent {
         attempts: u8,
     },
     GuestAccessGranted,
+    /// Too many wrong codes today: no code is sent or checked for this ticket until `until`.
+    GuestAccessLocked {
+        until: DateTime<Utc>,
+    },
 }
 
 /// Stable names, used as the store's `event_type` and in CloudEvents `ce_type`.
@@ -88,6 +92,7 @@ pub enum EventKind {
     AccessCodeRequested,
     AccessCodeRejected,
     GuestAccessGranted,
+    GuestAccessLocked,
 }
 
 impl EventKind {
@@ -101,6 +106,7 @@ impl EventKind {
             EventKind::AccessCodeRequested => "AccessCodeRequested",
             EventKind::AccessCodeRejected => "AccessCodeRejected",
             EventKind::GuestAccessGranted => "GuestAccessGranted",
+            EventKind::GuestAccessLocked => "GuestAccessLocked",
         }
     }
 }
@@ -116,6 +122,7 @@ impl TicketEvent {
             TicketEvent::AccessCodeRequested { .. } => EventKind::AccessCodeRequested,
             TicketEvent::AccessCodeRejected { .. } => EventKind::AccessCodeRejected,
             TicketEvent::GuestAccessGranted => EventKind::GuestAccessGranted,
+            TicketEvent::GuestAccessLocked { .. } => EventKind::GuestAccessLocked,
         }
     }
     /// Schema version of the payload; bump when a field's meaning changes.
@@ -165,6 +172,50 @@ pub struct Ticket {
     pub version: u64,
     pub pending_code: Option<PendingCode>,
     pub last_code_requested_at: Option<DateTime<Utc>>,
+    /// Guest access attempts of the current day (absent from snapshots written before it).
+    #[serde(default)]
+    pub guest_day: GuestDay,
+}
+
+/// What a ticket's guest access took in a day: codes sent and wrong codes, across codes.
+/// The day starts with its first attempt and lasts 24 hours.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestDay {
+    pub started_at: Option<DateTime<Utc>>,
+    pub codes: u32,
+    pub failures: u32,
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+impl GuestDay {
+    const LENGTH: Duration = Duration::hours(24);
+
+    /// The day as it stands at `now`: a day that has ended counts nothing.
+    fn at(&self, now: DateTime<Utc>) -> GuestDay {
+        match self.started_at {
+            Some(start) if now < start + Self::LENGTH => self.clone(),
+            _ => GuestDay {
+                started_at: Some(now),
+                locked_until: self.locked_until.filter(|until| now < *until),
+                ..GuestDay::default()
+            },
+        }
+    }
+
+    fn ends_at(&self) -> DateTime<Utc> {
+        self.started_at.unwrap_or_default() + Self::LENGTH
+    }
+
+    fn locked(&self, now: DateTime<Utc>) -> Option<DomainError> {
+        let until = self.locked_until.filter(|until| now < *until)?;
+        Some(DomainError::GuestAccessLocked {
+            retry_after_secs: retry_after(until - now),
+        })
+    }
+}
+
+fn retry_after(wait: Duration) -> i64 {
+    (wait.num_milliseconds() + 999) / 1000
 }
 
 /// A ticket as the list shows it (the read model's row): no conversation.
@@ -210,17 +261,32 @@ pub enum DomainError {
     CodeExpired,
     #[error("too many wrong codes; request a new one")]
     CodeAttemptsExhausted,
+    /// The ticket's daily bound on codes or wrong codes is reached.
+    #[error("too many access attempts on this ticket today; try again in {retry_after_secs} s")]
+    GuestAccessLocked { retry_after_secs: i64 },
 }
 
 /// The result of a `VerifyAccessCode`, read off the events it produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessCodeOutcome {
     Granted,
-    Rejected { attempts_left: u8 },
+    Rejected {
+        attempts_left: u8,
+    },
+    /// Wrong, and the last wrong code the ticket takes today.
+    Locked {
+        until: DateTime<Utc>,
+    },
 }
 
 impl AccessCodeOutcome {
     pub fn from_events(events: &[TicketEvent]) -> Option<Self> {
+        if let Some(until) = events.iter().find_map(|e| match e {
+            TicketEvent::GuestAccessLocked { until } => Some(*until),
+            _ => None,
+        }) {
+            return Some(AccessCodeOutcome::Locked { until });
+        }
         events.iter().find_map(|e| match e {
             TicketEvent::GuestAccessGranted => Some(AccessCodeOutcome::Granted),
             TicketEvent::AccessCodeRejected { attempts } => Some(AccessCodeOutcome::Rejected {
@@ -320,12 +386,20 @@ pub fn decide(
                     "access codes are for the guest who filed the ticket",
                 ));
             }
+            let day = ticket.guest_day.at(ctx.now);
+            if let Some(locked) = day.locked(ctx.now) {
+                return Err(locked);
+            }
+            if day.codes >= ACCESS_CODES_PER_DAY {
+                return Err(DomainError::GuestAccessLocked {
+                    retry_after_secs: retry_after(day.ends_at() - ctx.now),
+                });
+            }
             if let Some(last) = ticket.last_code_requested_at {
                 let next_allowed = last + *min_interval;
                 if ctx.now < next_allowed {
-                    let wait = (next_allowed - ctx.now).num_milliseconds();
                     return Err(DomainError::RateLimited {
-                        retry_after_secs: (wait + 999) / 1000,
+                        retry_after_secs: retry_after(next_allowed - ctx.now),
                     });
                 }
             }
@@ -341,6 +415,10 @@ pub fn decide(
                     "access codes are for the guest who filed the ticket",
                 ));
             }
+            let day = ticket.guest_day.at(ctx.now);
+            if let Some(locked) = day.locked(ctx.now) {
+                return Err(locked);
+            }
             let Some(pending) = &ticket.pending_code else {
                 return Err(DomainError::CodeExpired);
             };
@@ -353,9 +431,15 @@ pub fn decide(
             if &pending.code_hash == code_hash {
                 Ok(vec![TicketEvent::GuestAccessGranted])
             } else {
-                Ok(vec![TicketEvent::AccessCodeRejected {
+                let mut events = vec![TicketEvent::AccessCodeRejected {
                     attempts: pending.failed_attempts + 1,
-                }])
+                }];
+                if day.failures + 1 >= ACCESS_FAILURES_PER_DAY {
+                    events.push(TicketEvent::GuestAccessLocked {
+                        until: day.ends_at(),
+                    });
+                }
+                Ok(events)
             }
         }
     }
@@ -398,6 +482,7 @@ pub fn apply(
                 version: sequence,
                 pending_code: None,
                 last_code_requested_at: None,
+                guest_day: GuestDay::default(),
             });
         }
         // An event for a ticket that was never opened cannot be folded; keep nothing.
@@ -450,14 +535,23 @@ pub fn apply(
                 failed_attempts: 0,
             });
             t.last_code_requested_at = Some(at);
+            t.guest_day = t.guest_day.at(at);
+            t.guest_day.codes += 1;
         }
         TicketEvent::AccessCodeRejected { attempts } => {
             if let Some(p) = t.pending_code.as_mut() {
                 p.failed_attempts = *attempts;
             }
+            t.guest_day = t.guest_day.at(at);
+            t.guest_day.failures += 1;
         }
-        // A code is single-use: once it opened a session it is gone.
-        TicketEvent::GuestAccessGranted => t.pending_code = None,
+        // A code is single-use: once it opened a session it is gone. Failures are counted
+        // until a success (consecutive failures, as NIST SP 800-63B-4 bounds them).
+        TicketEvent::GuestAccessGranted => {
+            t.pending_code = None;
+            t.guest_day.failures = 0;
+        }
+        TicketEvent::GuestAccessLocked { until } => t.guest_day.locked_until = Some(*until),
     }
     Some(t)
 }
@@ -566,12 +660,30 @@ mod tests {
         }
         /// Apply what `when` decided, as the store would.
         fn then_state(&mut self, actor: Actor, events: Vec<TicketEvent>) -> Ticket {
+            self.then_state_at(actor, events, t0() + Duration::hours(2))
+        }
+        fn then_state_at(
+            &mut self,
+            actor: Actor,
+            events: Vec<TicketEvent>,
+            at: DateTime<Utc>,
+        ) -> Ticket {
             for e in events {
                 let seq = self.history.len() as u64 + 1;
-                self.history
-                    .push((seq, t0() + Duration::hours(2), actor.clone(), e));
+                self.history.push((seq, at, actor.clone(), e));
             }
             self.state().unwrap()
+        }
+        /// Decides at `now` and applies what was decided at `now`.
+        fn step(
+            &mut self,
+            actor: Actor,
+            command: Command,
+            now: DateTime<Utc>,
+        ) -> Result<Vec<TicketEvent>, DomainError> {
+            let events = self.when_at(actor.clone(), command, now)?;
+            self.then_state_at(actor, events.clone(), now);
+            Ok(events)
         }
     }
 
@@ -822,6 +934,95 @@ mod tests {
                 late
             ),
             Err(DomainError::CodeExpired)
+        );
+    }
+
+    fn verify(hash: &str) -> Command {
+        Command::VerifyAccessCode {
+            code_hash: hash.into(),
+        }
+    }
+
+    #[test]
+    fn wrong_codes_are_counted_per_ticket_across_codes_and_lock_it_for_the_day() {
+        let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
+        let me = guest("g@example.com");
+        let start = t0() + Duration::hours(1);
+        let mut last = Vec::new();
+        // Four codes, five wrong guesses each: a new code does not reset the count.
+        for round in 0..4 {
+            let at = start + Duration::minutes(2 * round);
+            g.step(me.clone(), request_code(&format!("right{round}")), at)
+                .unwrap();
+            for _ in 0..5 {
+                last = g.step(me.clone(), verify("wrong"), at).unwrap();
+            }
+        }
+        // The 20th wrong code locks the ticket until a day after the first attempt.
+        let until = start + Duration::hours(24);
+        assert_eq!(
+            last,
+            vec![
+                TicketEvent::AccessCodeRejected { attempts: 5 },
+                TicketEvent::GuestAccessLocked { until }
+            ]
+        );
+        assert_eq!(
+            AccessCodeOutcome::from_events(&last),
+            Some(AccessCodeOutcome::Locked { until })
+        );
+        let later = start + Duration::hours(3);
+        assert_eq!(
+            g.when_at(me.clone(), request_code("again"), later),
+            Err(DomainError::GuestAccessLocked {
+                retry_after_secs: 21 * 3600
+            })
+        );
+        // The next day starts afresh.
+        g.step(me.clone(), request_code("fresh"), until).unwrap();
+        assert_eq!(
+            AccessCodeOutcome::from_events(&g.step(me, verify("fresh"), until).unwrap()),
+            Some(AccessCodeOutcome::Granted)
+        );
+    }
+
+    #[test]
+    fn a_success_ends_the_run_of_wrong_codes() {
+        let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
+        let me = guest("g@example.com");
+        let start = t0() + Duration::hours(1);
+        for round in 0..3 {
+            let at = start + Duration::minutes(2 * round);
+            g.step(me.clone(), request_code("right"), at).unwrap();
+            for _ in 0..4 {
+                g.step(me.clone(), verify("wrong"), at).unwrap();
+            }
+            g.step(me.clone(), verify("right"), at).unwrap();
+        }
+        // Twelve wrong codes, each run ended by the right one: not locked.
+        let t = g.state().unwrap();
+        assert_eq!((t.guest_day.failures, t.guest_day.locked_until), (0, None));
+    }
+
+    #[test]
+    fn a_ticket_gets_ten_codes_a_day() {
+        let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
+        let me = guest("g@example.com");
+        let start = t0() + Duration::hours(1);
+        for n in 0..10 {
+            g.step(me.clone(), request_code("c"), start + Duration::minutes(n))
+                .unwrap();
+        }
+        let at = start + Duration::minutes(10);
+        assert_eq!(
+            g.when_at(me.clone(), request_code("c"), at),
+            Err(DomainError::GuestAccessLocked {
+                retry_after_secs: (Duration::hours(24) - Duration::minutes(10)).num_seconds()
+            })
+        );
+        assert!(
+            g.when_at(me, request_code("c"), start + Duration::hours(24))
+                .is_ok()
         );
     }
 

@@ -705,29 +705,14 @@ pub fn spawn_consumer<H: Handler>(
     shutdown: CancellationToken,
     failed: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let name = config.name;
-        let run = std::panic::AssertUnwindSafe(run_consumer(
-            &settings,
-            config,
-            handler,
-            shutdown.clone(),
-        ))
-        .catch_unwind()
-        .await;
-        let reason = match run {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(panic) => format!("panicked: {}", panic_message(panic.as_ref())),
-        };
-        tracing::error!(
-            consumer = name,
-            reason,
-            "consumer loop failed; stopping the service"
-        );
-        failed.store(true, std::sync::atomic::Ordering::SeqCst);
-        shutdown.cancel();
-    })
+    let name = config.name;
+    let stop = shutdown.clone();
+    tidings_telemetry::spawn_essential(
+        name,
+        async move { run_consumer(&settings, config, handler, stop).await },
+        shutdown,
+        failed,
+    )
 }
 
 /// Commits what was handled every `interval`, until shutdown (whose final commit is
@@ -870,7 +855,7 @@ async fn handle_one<H: Handler>(d: &Delivery, s: &LaneShared<H>) -> Result<(), (
             metrics::counter!("tidings_handler_panics_total", "consumer" => name).increment(1);
             Err(Unhandled::DeadLetter(format!(
                 "handler panicked: {}",
-                panic_message(panic.as_ref())
+                tidings_telemetry::panic_message(panic.as_ref())
             )))
         });
     match outcome {
@@ -884,14 +869,6 @@ async fn handle_one<H: Handler>(d: &Delivery, s: &LaneShared<H>) -> Result<(), (
     }
     metrics::counter!("tidings_consumed_total", "consumer" => name).increment(1);
     Ok(())
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 struct DeadLetters {

@@ -57,11 +57,46 @@ pub enum KafkaSetupError {
 }
 
 /// Connection settings shared by producers, consumers and admin clients.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
     /// Extra librdkafka properties (e.g. security.protocol, sasl.*) for production clusters.
     pub extra: Vec<(String, String)>,
+}
+
+/// librdkafka properties whose values are secrets (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, `ssl.key.pem`, …).
+fn is_secret_property(key: &str) -> bool {
+    [
+        "password",
+        "secret",
+        ".pem",
+        "sasl.jaas",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let extra: Vec<_> = self
+            .extra
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    "<redacted>"
+                } else {
+                    v
+                };
+                format!("{k}={v}")
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("extra", &extra)
+            .finish()
+    }
 }
 
 impl KafkaSettings {
@@ -103,6 +138,49 @@ impl KafkaSettings {
 
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
         self.client_config().create()
+    }
+}
+
+/// `configured`, or `topic`'s `retention.ms` if the broker says it is longer: a record that
+/// deduplicates redeliveries must live as long as the record it was made for can come back.
+/// A broker that cannot say (or keeps the topic forever) leaves `configured`, with a warning.
+pub async fn retention_covering(
+    settings: &KafkaSettings,
+    topic: &str,
+    configured: Duration,
+) -> Duration {
+    use rdkafka::admin::ResourceSpecifier;
+    let topic_ms = async {
+        let admin = settings.admin().ok()?;
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+        let described = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+            .await
+            .ok()?;
+        let resource = described.into_iter().next()?.ok()?;
+        let entry = resource.entries.iter().find(|e| e.name == "retention.ms")?;
+        entry.value.as_deref()?.parse::<i64>().ok()
+    }
+    .await;
+    match topic_ms {
+        Some(ms) if ms > 0 && Duration::from_millis(ms as u64) > configured => {
+            let topic_retention = Duration::from_millis(ms as u64);
+            tracing::warn!(
+                topic,
+                configured_days = configured.as_secs() / 86_400,
+                topic_days = topic_retention.as_secs() / 86_400,
+                "retention raised to the topic's: records must outlive possible redeliveries"
+            );
+            topic_retention
+        }
+        Some(ms) if ms > 0 => configured,
+        _ => {
+            tracing::warn!(
+                topic,
+                "the topic's retention is unknown or unlimited; keeping records for the configured retention"
+            );
+            configured
+        }
     }
 }
 
@@ -197,5 +275,27 @@ mod tests {
         assert_eq!(get("ce_time"), Some("1970-01-01T00:00:00.000000Z"));
         assert_eq!(get("content-type"), Some("application/protobuf"));
         assert!(get("traceparent").is_some());
+    }
+
+    #[test]
+    fn debug_output_hides_secret_properties() {
+        let settings = KafkaSettings {
+            brokers: "kafka:9093".into(),
+            extra: vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.username".into(), "tidings".into()),
+                ("sasl.password".into(), "sasl-pass".into()),
+                ("ssl.key.password".into(), "key-pass".into()),
+            ],
+        };
+        let shown = format!("{settings:?}");
+        assert!(
+            shown.contains("SASL_SSL") && shown.contains("tidings"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("sasl-pass") && !shown.contains("key-pass"),
+            "{shown}"
+        );
     }
 }

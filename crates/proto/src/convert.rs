@@ -205,6 +205,11 @@ pub fn event_to_wire(
             })
         }
         TicketEvent::GuestAccessGranted => Kind::GuestAccessGranted(ev::GuestAccessGranted {}),
+        TicketEvent::GuestAccessLocked { until } => {
+            Kind::GuestAccessLocked(ev::GuestAccessLocked {
+                until: Some(timestamp(*until)),
+            })
+        }
     };
     ev::TicketEvent {
         event_id: event_id.to_string(),

@@ -13,12 +13,14 @@ pub fn domain_code(e: &DomainError) -> Code {
         DomainError::RateLimited { .. } => Code::ResourceExhausted,
         DomainError::CodeExpired => Code::FailedPrecondition,
         DomainError::CodeAttemptsExhausted => Code::ResourceExhausted,
+        DomainError::GuestAccessLocked { .. } => Code::ResourceExhausted,
     }
 }
 
 pub fn domain_status(e: &DomainError) -> Status {
     let mut status = Status::new(domain_code(e), e.to_string());
-    if let DomainError::RateLimited { retry_after_secs } = e
+    if let DomainError::RateLimited { retry_after_secs }
+    | DomainError::GuestAccessLocked { retry_after_secs } = e
         && let Ok(v) = retry_after_secs.to_string().parse()
     {
         status.metadata_mut().insert("retry-after", v);

@@ -108,7 +108,9 @@ pub fn update_from_wire(bytes: &[u8]) -> Result<TicketUpdate, WireError> {
                 .and_then(from_timestamp)
                 .ok_or_else(|| bad("access_code_requested.expires_at", "missing"))?,
         },
-        Kind::AccessCodeRejected(_) | Kind::GuestAccessGranted(_) => Change::GuestAccessAudit,
+        Kind::AccessCodeRejected(_) | Kind::GuestAccessGranted(_) | Kind::GuestAccessLocked(_) => {
+            Change::GuestAccessAudit
+        }
     };
     Ok(TicketUpdate {
         event_id,
@@ -219,6 +221,7 @@ mod tests {
             version: 2,
             pending_code: None,
             last_code_requested_at: None,
+            guest_day: Default::default(),
         }
     }
 

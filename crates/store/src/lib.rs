@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 pub use sqlx::PgPool as Pool;
 
+pub mod retention;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -272,10 +274,9 @@ impl EventStore {
             let outcome = serde_json::from_value(row.get("outcome")).map_err(corrupt)?;
             return Ok((write(None), Some((fp, outcome))));
         }
-        let snapshot = match row.get::<Option<serde_json::Value>, _>("snapshot") {
-            Some(snapshot) => Some(serde_json::from_value(snapshot).map_err(corrupt)?),
-            None => None,
-        };
+        let snapshot = row
+            .get::<Option<serde_json::Value>, _>("snapshot")
+            .and_then(|value| snapshot_state(id, value));
         let mut w = write(snapshot);
         if w.state.is_none() {
             w.state = match w.tx.as_mut() {
@@ -336,25 +337,88 @@ impl EventStore {
 
     /// Rebuilds the list read model from the event log; returns how many tickets it wrote.
     pub async fn rebuild_read_model(&self) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("LOCK TABLE tickets IN EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM tickets").execute(&mut *tx).await?;
+        // One short transaction per ticket, holding only that ticket's row: writers of other
+        // tickets never wait, and a writer of this one waits for one ticket's replay. A
+        // writer that commits first is simply included (its events are read after its row
+        // lock is released).
+        sqlx::query(
+            "DELETE FROM tickets t
+             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.ticket_id = t.ticket_id)",
+        )
+        .execute(&self.pool)
+        .await?;
         let ids: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT ticket_id FROM events")
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
         let mut n = 0;
         for id in ids {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT 1 FROM tickets WHERE ticket_id = $1 FOR UPDATE")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             let id = TicketId::from_uuid(id);
             let history = load_events(&mut *tx, id).await?;
             if let Some(t) = rebuild(id, &history) {
                 upsert_summary(&mut tx, &t).await?;
                 n += 1;
             }
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(n)
+    }
+}
+
+/// The shape of the decision-state snapshot. Bump it when `Ticket`'s serialized form changes
+/// in a way an older snapshot does not decode into correctly (a new field whose value the
+/// events determine): snapshots of another version are ignored, the state is replayed from
+/// the events, and the write rewrites the snapshot. Version 2 added the guest access day.
+pub const SNAPSHOT_VERSION: u64 = 2;
+const SNAPSHOT_VERSION_FIELD: &str = "snapshot_version";
+
+fn snapshot_json(t: &Ticket) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(t).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert(SNAPSHOT_VERSION_FIELD.into(), SNAPSHOT_VERSION.into());
+    }
+    Ok(value)
+}
+
+/// The snapshot's state, or `None` (replay the events) if it is of another version or does
+/// not decode: a damaged snapshot costs a replay, never the ticket's writes.
+fn snapshot_state(id: TicketId, value: serde_json::Value) -> Option<Ticket> {
+    let version = value.get(SNAPSHOT_VERSION_FIELD).and_then(|v| v.as_u64());
+    if version != Some(SNAPSHOT_VERSION) {
+        metrics::counter!("tidings_snapshots_replayed_total", "why" => "version").increment(1);
+        return None;
+    }
+    match serde_json::from_value(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            metrics::counter!("tidings_snapshots_replayed_total", "why" => "undecodable")
+                .increment(1);
+            tracing::warn!(ticket_id = %id, error = %e, "snapshot does not decode; replaying the events");
+            None
+        }
+    }
+}
+
+/// Brings a stored event's payload to the shape of the current `TicketEvent`, by its
+/// `(event_type, schema_version)`. Each change to an event's meaning adds a step here that
+/// rewrites version n into n + 1; old rows are never rewritten in place. Only version 1
+/// exists so far. A version from the future (a newer release wrote it) is refused rather
+/// than misread.
+pub fn upcast(
+    event_type: &str,
+    schema_version: i32,
+    payload: serde_json::Value,
+) -> Result<serde_json::Value> {
+    match (event_type, schema_version) {
+        (_, v) if v == TicketEvent::SCHEMA_VERSION => Ok(payload),
+        (t, v) => Err(StoreError::Corrupt(format!(
+            "event {t} has schema version {v}; this release reads up to {}",
+            TicketEvent::SCHEMA_VERSION
+        ))),
     }
 }
 
@@ -373,7 +437,8 @@ where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
     let rows = sqlx::query(
-        "SELECT event_id, sequence, occurred_at, actor, payload, traceparent
+        "SELECT event_id, sequence, occurred_at, actor, event_type, schema_version, payload,
+                traceparent
          FROM events WHERE ticket_id = $1 ORDER BY sequence",
     )
     .bind(id.as_uuid())
@@ -387,7 +452,12 @@ where
                 sequence: r.get::<i64, _>("sequence") as u64,
                 occurred_at: r.get("occurred_at"),
                 actor: serde_json::from_value(r.get("actor")).map_err(corrupt)?,
-                event: serde_json::from_value(r.get("payload")).map_err(corrupt)?,
+                event: serde_json::from_value(upcast(
+                    r.get("event_type"),
+                    r.get("schema_version"),
+                    r.get("payload"),
+                )?)
+                .map_err(corrupt)?,
                 traceparent: r.get("traceparent"),
             })
         })
@@ -432,7 +502,7 @@ async fn upsert_summary(tx: &mut Transaction<'static, Postgres>, t: &Ticket) -> 
     .bind(t.created_at)
     .bind(t.last_activity_at)
     .bind(t.version as i64)
-    .bind(serde_json::to_value(t).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+    .bind(snapshot_json(t)?)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -562,7 +632,7 @@ impl TicketWrite {
             .bind(state.status.as_str())
             .bind(state.last_activity_at)
             .bind(state.version as i64)
-            .bind(serde_json::to_value(state).map_err(corrupt)?)
+            .bind(snapshot_json(state)?)
             .bind(self.state.as_ref().map_or(0, |t| t.version as i64));
         if creating {
             let account = match &state.requester {
@@ -660,6 +730,30 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_events_of_the_current_version_are_read_and_of_a_newer_one_refused() {
+        let payload = serde_json::json!({"type": "Reopened"});
+        assert_eq!(
+            upcast("Reopened", TicketEvent::SCHEMA_VERSION, payload.clone()).unwrap(),
+            payload
+        );
+        let newer = upcast("Reopened", TicketEvent::SCHEMA_VERSION + 1, payload).unwrap_err();
+        assert!(newer.to_string().contains("reads up to"), "{newer}");
+    }
+
+    #[test]
+    fn a_snapshot_of_another_version_or_undecodable_means_replay() {
+        let id = TicketId::new();
+        assert!(snapshot_state(id, serde_json::json!({"status": "open"})).is_none());
+        assert!(
+            snapshot_state(
+                id,
+                serde_json::json!({"snapshot_version": SNAPSHOT_VERSION, "status": 7})
+            )
+            .is_none()
+        );
+    }
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {

@@ -58,6 +58,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         self.raw(key).map(SecretString::from)
     }
 
+    /// A required value that may hold a secret (a database URL with its password): it stays
+    /// out of `Debug` output and logs.
+    pub fn required_secret(&mut self, key: &str) -> SecretString {
+        self.secret(key).unwrap_or_else(|| {
+            self.errors.push(format!("{key} is required"));
+            SecretString::from(String::new())
+        })
+    }
+
     pub fn parse<T: FromStr>(&mut self, key: &str, default: T) -> T
     where
         T::Err: std::fmt::Display,
@@ -107,6 +116,15 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 None
             }
         }
+    }
+
+    /// A retention in whole days, at least one.
+    pub fn days(&mut self, key: &str, default: u32) -> std::time::Duration {
+        let days = self.parse(key, default);
+        if days == 0 {
+            self.errors.push(format!("{key} must be at least 1 (days)"));
+        }
+        std::time::Duration::from_secs(u64::from(days) * 86_400)
     }
 
     /// A listen address, or `None` when set to `off`.

@@ -191,6 +191,46 @@ pub async fn spawn_admin(
     Ok(Some((bound, task)))
 }
 
+/// Spawns a task the service cannot work without (a consumer loop, the outbox relay, the
+/// release of held pushes). Should it fail, panic or end before `shutdown`, it sets `failed`
+/// and cancels `shutdown`: the service stops and exits with an error, so that its supervisor
+/// restarts it, rather than live on with `/healthz` answering ok and nothing moving.
+pub fn spawn_essential<E: std::fmt::Display>(
+    name: &'static str,
+    task: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+    shutdown: CancellationToken,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let inner = tokio::spawn(async move { task.await.map_err(|e| e.to_string()) });
+    tokio::spawn(async move {
+        let reason = match inner.await {
+            Ok(Ok(())) if shutdown.is_cancelled() => return,
+            Ok(Ok(())) => "ended before shutdown".to_owned(),
+            Ok(Err(e)) => e,
+            Err(e) if e.is_panic() => {
+                format!("panicked: {}", panic_message(e.into_panic().as_ref()))
+            }
+            Err(_) => "cancelled".to_owned(),
+        };
+        tracing::error!(
+            task = name,
+            reason,
+            "essential task failed; stopping the service"
+        );
+        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        shutdown.cancel();
+    })
+}
+
+/// A panic's message, when it has one.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// Waits for a stopping service's tasks, at most `grace`.
 pub async fn join_within(
     service: &str,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use tidings_kafka::{Publisher, ensure_topics, spawn_consumer};
+use secrecy::ExposeSecret;
+use tidings_kafka::{Publisher, ensure_topics, retention_covering, spawn_consumer};
+use tidings_store::retention::{Rule, prune_periodically};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -29,11 +31,24 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects, migrates its own schema, creates the topics it reads and writes if missing
-    /// (best effort: a broker outage must not keep it from starting), and starts consuming.
+    /// Binds its admin port, connects, migrates its own schema, creates the topics it reads
+    /// and writes if missing (best effort: a broker outage must not keep it from starting),
+    /// and starts consuming.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // Bind first: a port that is taken must fail the start before anything is migrated
+        // or any consumer joins its group. Until `build` returns, the guard stops what has
+        // been spawned.
+        let shutdown = CancellationToken::new();
+        let started = shutdown.clone().drop_guard();
+        let mut tasks = Vec::new();
+        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
+            .await
+            .context("binding the admin endpoint")?;
+        let admin_addr = admin.as_ref().map(|(a, _)| *a);
+        tasks.extend(admin.map(|(_, t)| t));
+
         let pool = tidings_store::open(
-            &config.database_url,
+            config.database_url.expose_secret(),
             &config.db_schema,
             config.db_max_connections,
             &MIGRATOR,
@@ -53,7 +68,6 @@ impl Application {
             tracing::warn!(error = %e, "could not create topics now");
         }
 
-        let shutdown = CancellationToken::new();
         let failed = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(
             // Fewer, larger produce requests: at 14,000 outcome events/s a 1 ms linger kept
@@ -66,13 +80,26 @@ impl Application {
             )
             .context("creating kafka producer")?,
         );
-        let mut tasks = Vec::new();
+
+        tasks.push(tokio::spawn({
+            let (pool, kafka, topic) = (
+                pool.clone(),
+                config.kafka.clone(),
+                config.ticket_events_topic.clone(),
+            );
+            let (retention, every, stop) =
+                (config.retention, config.prune_interval, shutdown.clone());
+            async move {
+                let keep = retention_covering(&kafka, &topic, retention).await;
+                let rules = vec![Rule::new("email_sends", "recorded_at", keep)];
+                prune_periodically(pool, rules, every, stop).await;
+            }
+        }));
 
         let mailer = SmtpMailer::new(
-            &config.smtp_url,
-            &config.from,
+            config.smtp.clone(),
+            config.from.clone(),
             config.smtp_pool_size,
-            config.smtp_timeout,
         )?;
         let dispatch = Arc::new(Dispatch {
             message_id_domain: mailer.from_domain(),
@@ -125,11 +152,7 @@ impl Application {
             failed.clone(),
         ));
 
-        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
-            .await
-            .context("binding the admin endpoint")?;
-        let admin_addr = admin.as_ref().map(|(a, _)| *a);
-        tasks.extend(admin.map(|(_, t)| t));
+        started.disarm();
         tracing::info!(admin = ?admin_addr, smtp_pool = config.smtp_pool_size, "email dispatcher running");
         Ok(Self {
             admin_addr,

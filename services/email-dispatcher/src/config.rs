@@ -5,17 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use tidings_guest_access::{CodeSealer, Keyring};
 use tidings_kafka::{ConsumerSettings, KafkaSettings, TopicSettings};
 use tidings_telemetry::RuntimeSettings;
 use tidings_telemetry::config::{ConfigError, Env};
 
+use lettre::message::Mailbox;
 use tidings_delivery::Retry;
+
+use crate::mailer::Endpoint;
 
 #[derive(Clone)]
 pub struct Config {
     pub admin_addr: Option<SocketAddr>,
-    pub database_url: String,
+    pub database_url: SecretString,
     pub db_schema: String,
     pub db_max_connections: u32,
     pub kafka: KafkaSettings,
@@ -25,15 +29,18 @@ pub struct Config {
     pub dead_letter_topic: String,
     pub topics: TopicSettings,
     pub consumer: ConsumerSettings,
-    pub smtp_url: String,
+    pub smtp: Endpoint,
     pub smtp_pool_size: u32,
-    pub smtp_timeout: Duration,
-    pub from: String,
+    pub from: Mailbox,
     pub customer_url: String,
     pub guest_url: String,
     pub keys: Arc<Keyring>,
     pub sealer: Arc<CodeSealer>,
     pub retry: Retry,
+    /// How long send records are kept (at least the ticket topic's retention).
+    pub retention: Duration,
+    /// How often expired rows are pruned.
+    pub prune_interval: Duration,
     pub message_timeout: Duration,
     pub runtime: RuntimeSettings,
     pub ce_source: String,
@@ -41,9 +48,12 @@ pub struct Config {
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The SMTP URL may carry a password; the keys are secrets.
+        // The database and SMTP URLs may carry passwords, the Kafka properties SASL
+        // secrets; the keys are secrets.
         f.debug_struct("Config")
             .field("db_schema", &self.db_schema)
+            .field("kafka", &self.kafka)
+            .field("smtp", &self.smtp)
             .field("group_id", &self.consumer.group_id)
             .field("ticket_events_topic", &self.ticket_events_topic)
             .finish_non_exhaustive()
@@ -57,7 +67,7 @@ impl Config {
 
     pub fn load<F: Fn(&str) -> Option<String>>(mut env: Env<F>) -> Result<Self, ConfigError> {
         let admin_addr = env.optional_addr("TIDINGS_EMAIL_ADMIN_ADDR", "127.0.0.1:9465");
-        let database_url = env.required("DATABASE_URL");
+        let database_url = env.required_secret("DATABASE_URL");
         let db_schema = env
             .schema("TIDINGS_EMAIL_DB_SCHEMA")
             .unwrap_or_else(|| "tidings_email".into());
@@ -86,16 +96,31 @@ impl Config {
             // (74 MiB), 2,048 / 2,000 27,800 (84 MiB).
             (1024, 2000),
         );
-        let smtp_url = env.required("TIDINGS_SMTP_URL");
+        let smtp_url = env.secret("TIDINGS_SMTP_URL");
         let smtp_pool_size = env.parse("TIDINGS_SMTP_POOL_SIZE", 16u32);
         if smtp_pool_size == 0 {
             env.error("TIDINGS_SMTP_POOL_SIZE must be at least 1");
         }
         let smtp_timeout = Duration::from_secs(env.parse("TIDINGS_SMTP_TIMEOUT_SECS", 10u64));
-        let from = env.string(
+        let smtp = match smtp_url.map(|u| Endpoint::parse(u.expose_secret(), smtp_timeout)) {
+            Some(Ok(endpoint)) => Some(endpoint),
+            Some(Err(e)) => {
+                env.error(e.to_string());
+                None
+            }
+            None => {
+                env.error("TIDINGS_SMTP_URL is required");
+                None
+            }
+        };
+        let from_raw = env.string(
             "TIDINGS_EMAIL_FROM",
             "Tidings Support <no-reply@tidings.example>",
         );
+        let from = from_raw
+            .parse::<Mailbox>()
+            .map_err(|e| env.error(format!("TIDINGS_EMAIL_FROM={from_raw:?}: {e}")))
+            .ok();
         let customer_url = env.string(
             "TIDINGS_CUSTOMER_TICKET_URL",
             "http://127.0.0.1:8080/tickets/{ticket_id}",
@@ -122,6 +147,9 @@ impl Config {
             max: Duration::from_millis(env.parse("TIDINGS_EMAIL_RETRY_MAX_MS", 30_000u64)),
             give_up_after: Duration::from_secs(env.parse("TIDINGS_EMAIL_GIVE_UP_SECS", 900u64)),
         };
+        let retention = env.days("TIDINGS_EMAIL_RETENTION_DAYS", 30);
+        let prune_interval =
+            Duration::from_secs(env.parse("TIDINGS_PRUNE_INTERVAL_SECS", 3600u64).max(1));
         let message_timeout =
             Duration::from_millis(env.parse("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", 5000u64));
         let runtime = RuntimeSettings::from_env(&mut env);
@@ -139,15 +167,16 @@ impl Config {
             dead_letter_topic,
             topics,
             consumer,
-            smtp_url,
+            smtp: smtp.expect("checked by finish"),
             smtp_pool_size,
-            smtp_timeout,
-            from,
+            from: from.expect("checked by finish"),
             customer_url,
             guest_url,
             keys: Arc::new(keys.expect("checked by finish")),
             sealer: Arc::new(sealer.expect("checked by finish")),
             retry,
+            retention,
+            prune_interval,
             message_timeout,
             runtime,
             ce_source,
@@ -178,5 +207,50 @@ mod tests {
         ] {
             assert!(err.contains(needle), "{needle} missing in {err}");
         }
+    }
+
+    #[test]
+    fn smtp_url_and_sender_are_checked_with_the_rest() {
+        let env = Env::with_lookup(|k| match k {
+            "TIDINGS_SMTP_URL" => Some("smtp://mailer:hunter2@smtp.example.com".into()),
+            "TIDINGS_EMAIL_FROM" => Some("not an address".into()),
+            _ => None,
+        });
+        let err = Config::load(env).unwrap_err().to_string();
+        assert!(err.contains("encrypted connection"), "{err}");
+        assert!(err.contains("TIDINGS_EMAIL_FROM"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_carries_no_secret() {
+        let config = Config::load(Env::with_lookup(|k| {
+            Some(
+                match k {
+                    "DATABASE_URL" => "postgres://app:db-pass-1@db/tidings",
+                    "KAFKA_BROKERS" => "127.0.0.1:9092",
+                    "TIDINGS_KAFKA_PROPERTIES" => {
+                        "security.protocol=SASL_SSL;sasl.username=u;sasl.password=sasl-pass-2"
+                    }
+                    "TIDINGS_SMTP_URL" => "smtps://mailer:smtp-pass-3@smtp.example.com",
+                    "TIDINGS_GUEST_KEYS" => "t1:dGVzdC1ndWVzdC1rZXktdGVzdC1ndWVzdC1rZXktdGVzdA==",
+                    "TIDINGS_CODE_SEAL_KEY" => "c2VhbC1rZXktc2VhbC1rZXktc2VhbC1rZXktc2VhbC0=",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        }))
+        .unwrap();
+        let shown = format!("{config:?}");
+        for secret in [
+            "db-pass-1",
+            "sasl-pass-2",
+            "smtp-pass-3",
+            "dGVzdC1ndWVzdC1rZXktdGVzdC1ndWVzdC1rZXktdGVzdA",
+            "c2VhbC1rZXktc2VhbC1rZXktc2VhbC1rZXktc2VhbC0",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("smtp.example.com"), "{shown}");
     }
 }

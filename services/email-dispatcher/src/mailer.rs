@@ -51,6 +51,9 @@ pub trait Mailer: Send + Sync + 'static {
 /// How to reach the SMTP server, from `TIDINGS_SMTP_URL`:
 /// `smtp://[user:pass@]host[:port]` (plain, port 25), `…?tls=required` or `…?tls=opportunistic`
 /// (STARTTLS, port 587 when required), `smtps://[user:pass@]host[:port]` (implicit TLS, 465).
+/// Credentials need a connection that is always encrypted (`smtps://` or `tls=required`): over
+/// a plain one, or STARTTLS that an attacker on the path can strip, AUTH sends the password in
+/// clear.
 #[derive(Clone)]
 pub struct Endpoint {
     host: String,
@@ -109,6 +112,17 @@ impl Endpoint {
                 decode(url.password().unwrap_or_default()),
             )
         });
+        if credentials.is_some()
+            && matches!(
+                security,
+                Security::Plain | Security::StartTls { required: false }
+            )
+        {
+            return Err(bad(
+                "credentials need an encrypted connection: use smtps:// or ?tls=required \
+                 (AUTH over a plain or opportunistic connection sends the password in clear)",
+            ));
+        }
         Ok(Self {
             host,
             port,
@@ -168,11 +182,31 @@ impl Endpoint {
             .message()
             .any(|line| line.trim().eq_ignore_ascii_case("PIPELINING"));
         if let Some(c) = &self.credentials {
+            // `parse` only lets credentials through with TLS required; this holds the line
+            // should that ever change.
+            if !conn.is_encrypted() {
+                conn.abort().await;
+                return Err(SendError::Permanent(
+                    "refusing SMTP AUTH over an unencrypted connection".into(),
+                ));
+            }
             conn.auth(&[Mechanism::Plain, Mechanism::Login], c)
                 .await
                 .map_err(|e| classify(&e))?;
         }
         Ok(Session { conn, pipelining })
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("authenticates", &self.credentials.is_some())
+            .finish()
     }
 }
 
@@ -433,8 +467,6 @@ const IDLE_MAX: Duration = Duration::from_secs(30);
 pub enum SmtpSetupError {
     #[error("TIDINGS_SMTP_URL: {0}")]
     Url(String),
-    #[error("TIDINGS_EMAIL_FROM: {0}")]
-    From(String),
     #[error("starting the SMTP session thread: {0}")]
     Thread(std::io::Error),
 }
@@ -442,16 +474,8 @@ pub enum SmtpSetupError {
 impl SmtpMailer {
     /// Starts the session workers on a thread of their own; they stop when the mailer is
     /// dropped.
-    pub fn new(
-        url: &str,
-        from: &str,
-        pool_size: u32,
-        timeout: Duration,
-    ) -> Result<Self, SmtpSetupError> {
-        let from: Mailbox = from
-            .parse()
-            .map_err(|e| SmtpSetupError::From(format!("{e}")))?;
-        let endpoint = Arc::new(Endpoint::parse(url, timeout)?);
+    pub fn new(endpoint: Endpoint, from: Mailbox, pool_size: u32) -> Result<Self, SmtpSetupError> {
+        let endpoint = Arc::new(endpoint);
         let eight_bit = Arc::new(AtomicBool::new(false));
         // The session workers run on a thread of their own. On the shared runtime a server's
         // reply waited behind hundreds of lane tasks in the run queue: ~0.65 ms per round
@@ -567,6 +591,26 @@ mod tests {
         );
         for bad in ["http://x", "smtp://x?tls=sometimes", "not a url"] {
             assert!(Endpoint::parse(bad, t).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_refused_unless_the_connection_is_always_encrypted() {
+        let t = Duration::from_secs(5);
+        for clear in [
+            "smtp://mailer:hunter2@smtp.example.com",
+            "smtp://mailer:hunter2@smtp.example.com?tls=opportunistic",
+        ] {
+            let err = Endpoint::parse(clear, t).unwrap_err().to_string();
+            assert!(err.contains("encrypted connection"), "{clear}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        for encrypted in [
+            "smtps://mailer:hunter2@smtp.example.com",
+            "smtp://mailer:hunter2@smtp.example.com?tls=required",
+        ] {
+            let endpoint = Endpoint::parse(encrypted, t).unwrap();
+            assert!(!format!("{endpoint:?}").contains("hunter2"));
         }
     }
 }

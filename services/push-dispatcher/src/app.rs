@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
+use secrecy::ExposeSecret;
 use tidings_auth::Authenticator;
 use tidings_delivery::{OutcomeEvents, SendLog};
 use tidings_domain::clock::Clock;
-use tidings_kafka::{Publisher, ensure_topics, spawn_consumer};
+use tidings_kafka::{Publisher, ensure_topics, retention_covering, spawn_consumer};
 use tidings_proto::events::v1::Channel;
 use tidings_proto::push::v1::device_service_server::DeviceServiceServer;
 use tidings_proto::push::v1::preference_service_server::PreferenceServiceServer;
+use tidings_store::retention::{Rule, prune_periodically};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -21,7 +23,7 @@ use crate::api::PushApi;
 use crate::apns::{ApnsClient, ApnsConfig};
 use crate::config::Config;
 use crate::fcm::{FcmClient, FcmConfig};
-use crate::handler::{Dispatch, TicketEvents, release_held_pushes};
+use crate::handler::{DeadLetterTopic, Dispatch, TicketEvents, release_held_pushes};
 use crate::registry::Registry;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -36,8 +38,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Validates the provider credentials, connects, migrates its own schema, creates the
-    /// topics it uses if missing, binds the gRPC port and starts consuming.
+    /// Validates the provider credentials, binds its ports, connects, migrates its own
+    /// schema, creates the topics it uses if missing and starts consuming and serving.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let apns = ApnsClient::new(ApnsConfig {
             base_url: &config.apns_url,
@@ -55,8 +57,24 @@ impl Application {
         })?;
         let auth = Arc::new(Authenticator::new(&config.jwt, None).map_err(anyhow::Error::msg)?);
 
+        // Bind first: a port that is taken must fail the start before anything is migrated
+        // or any consumer joins its group. Until `build` returns, the guard stops what has
+        // been spawned.
+        let shutdown = CancellationToken::new();
+        let started = shutdown.clone().drop_guard();
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding {}", config.grpc_addr))?;
+        let grpc_addr = listener.local_addr()?;
+        let mut tasks = Vec::new();
+        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
+            .await
+            .context("binding the admin endpoint")?;
+        let admin_addr = admin.as_ref().map(|(a, _)| *a);
+        tasks.extend(admin.map(|(_, t)| t));
+
         let pool = tidings_store::open(
-            &config.database_url,
+            config.database_url.expose_secret(),
             &config.db_schema,
             config.db_max_connections,
             &MIGRATOR,
@@ -75,7 +93,6 @@ impl Application {
             tracing::warn!(error = %e, "could not create topics now");
         }
 
-        let shutdown = CancellationToken::new();
         let failed = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(
             // Each lane waits for its outcome event before its next push: a 5 ms linger cut
@@ -88,14 +105,36 @@ impl Application {
             )
             .context("creating kafka producer")?,
         );
-        let mut tasks = Vec::new();
+
+        tasks.push(tokio::spawn({
+            let (pool, kafka, topic) = (
+                pool.clone(),
+                config.kafka.clone(),
+                config.ticket_events_topic.clone(),
+            );
+            let (retention, removed, every) = (
+                config.retention,
+                config.removed_device_retention,
+                config.prune_interval,
+            );
+            let stop = shutdown.clone();
+            async move {
+                let keep = retention_covering(&kafka, &topic, retention).await;
+                let rules = vec![
+                    Rule::new("push_sends", "recorded_at", keep),
+                    Rule::new("resolutions", "recorded_at", keep),
+                    Rule::new("removed_devices", "removed_at", removed),
+                ];
+                prune_periodically(pool, rules, every, stop).await;
+            }
+        }));
 
         let registry = Registry::new(pool.clone());
         let dispatch = Arc::new(Dispatch {
             apns,
             fcm,
             registry: registry.clone(),
-            sends: SendLog::new(pool, "push_sends", outcomes),
+            sends: SendLog::new(pool, "push_sends", outcomes.clone()),
             outcomes: OutcomeEvents {
                 topic: config.notification_topic.clone(),
                 source: config.ce_source.clone(),
@@ -103,6 +142,11 @@ impl Application {
             },
             clock: clock.clone(),
             retry: config.retry.clone(),
+            invalidation_guard: config.invalidation_guard,
+            dead_letters: DeadLetterTopic {
+                publisher: outcomes,
+                topic: config.dead_letter_topic.clone(),
+            },
             shutdown: shutdown.clone(),
         });
         let consumer = config.consumer.consumer(
@@ -123,10 +167,18 @@ impl Application {
                 failed.clone(),
             ));
         }
-        tasks.push(tokio::spawn(release_held_pushes(
-            dispatch,
-            config.hold_poll,
-        )));
+        tasks.push(tidings_telemetry::spawn_essential(
+            "release-held-pushes",
+            {
+                let poll = config.hold_poll;
+                async move {
+                    release_held_pushes(dispatch, poll).await;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            },
+            shutdown.clone(),
+            failed.clone(),
+        ));
 
         let api = PushApi {
             registry,
@@ -137,10 +189,6 @@ impl Application {
         health_reporter
             .set_serving::<DeviceServiceServer<PushApi>>()
             .await;
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("binding {}", config.grpc_addr))?;
-        let grpc_addr = listener.local_addr()?;
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
@@ -157,11 +205,7 @@ impl Application {
             }
         }));
 
-        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
-            .await
-            .context("binding the admin endpoint")?;
-        let admin_addr = admin.as_ref().map(|(a, _)| *a);
-        tasks.extend(admin.map(|(_, t)| t));
+        started.disarm();
         tracing::info!(grpc = %grpc_addr, admin = ?admin_addr, "push dispatcher running");
         Ok(Self {
             grpc_addr,

@@ -5,17 +5,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use secrecy::SecretString;
 use tidings_auth::JwtSettings;
 use tidings_delivery::Retry;
 use tidings_kafka::{ConsumerSettings, KafkaSettings, TopicSettings};
 use tidings_telemetry::RuntimeSettings;
+
+use crate::registry::InvalidationGuard;
 use tidings_telemetry::config::{ConfigError, Env};
 
 #[derive(Clone)]
 pub struct Config {
     pub grpc_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
-    pub database_url: String,
+    pub database_url: SecretString,
     pub db_schema: String,
     pub db_max_connections: u32,
     pub kafka: KafkaSettings,
@@ -36,6 +39,13 @@ pub struct Config {
     pub provider_timeout: Duration,
     pub retry: Retry,
     pub hold_poll: Duration,
+    pub invalidation_guard: InvalidationGuard,
+    /// How long send records and resolutions are kept (at least the ticket topic's retention).
+    pub retention: Duration,
+    /// How often expired rows are pruned.
+    pub prune_interval: Duration,
+    /// How long removed devices stay restorable.
+    pub removed_device_retention: Duration,
     pub message_timeout: Duration,
     pub runtime: RuntimeSettings,
     pub ce_source: String,
@@ -63,7 +73,7 @@ impl Config {
             SocketAddr::from(([127, 0, 0, 1], 50052)),
         );
         let admin_addr = env.optional_addr("TIDINGS_PUSH_ADMIN_ADDR", "127.0.0.1:9466");
-        let database_url = env.required("DATABASE_URL");
+        let database_url = env.required_secret("DATABASE_URL");
         let db_schema = env
             .schema("TIDINGS_PUSH_DB_SCHEMA")
             .unwrap_or_else(|| "tidings_push".into());
@@ -110,6 +120,17 @@ impl Config {
             give_up_after: Duration::from_secs(env.parse("TIDINGS_PUSH_GIVE_UP_SECS", 300u64)),
         };
         let hold_poll = Duration::from_millis(env.parse("TIDINGS_PUSH_HOLD_POLL_MS", 1000u64));
+        let invalidation_guard = InvalidationGuard {
+            floor: env.parse("TIDINGS_PUSH_INVALIDATIONS_PER_HOUR", 100u64),
+            share: env.parse("TIDINGS_PUSH_INVALIDATIONS_SHARE_PER_HOUR", 0.01f64),
+        };
+        if !(0.0..=1.0).contains(&invalidation_guard.share) {
+            env.error("TIDINGS_PUSH_INVALIDATIONS_SHARE_PER_HOUR must be between 0 and 1");
+        }
+        let retention = env.days("TIDINGS_PUSH_RETENTION_DAYS", 30);
+        let prune_interval =
+            Duration::from_secs(env.parse("TIDINGS_PRUNE_INTERVAL_SECS", 3600u64).max(1));
+        let removed_device_retention = env.days("TIDINGS_PUSH_REMOVED_DEVICE_DAYS", 30);
         let message_timeout =
             Duration::from_millis(env.parse("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", 5000u64));
         let runtime = RuntimeSettings::from_env(&mut env);
@@ -139,6 +160,10 @@ impl Config {
             provider_timeout,
             retry,
             hold_poll,
+            invalidation_guard,
+            retention,
+            prune_interval,
+            removed_device_retention,
             message_timeout,
             runtime,
             ce_source,
@@ -169,6 +194,31 @@ mod tests {
             "TIDINGS_JWT_HS256_SECRET",
         ] {
             assert!(err.contains(needle), "{needle} missing in {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_carries_no_secret() {
+        let config = Config::load(Env::with_lookup(|k| {
+            Some(
+                match k {
+                    "DATABASE_URL" => "postgres://app:db-pass-1@db/tidings",
+                    "KAFKA_BROKERS" => "127.0.0.1:9092",
+                    "TIDINGS_KAFKA_PROPERTIES" => "sasl.username=u;sasl.password=sasl-pass-2",
+                    "TIDINGS_JWT_HS256_SECRET" => "jwt-secret-3-jwt-secret-3-jwt-secret-3",
+                    "TIDINGS_APNS_KEY_FILE" => "/keys/apns.p8",
+                    "TIDINGS_APNS_KEY_ID" => "KEYID",
+                    "TIDINGS_APNS_TEAM_ID" => "TEAM",
+                    "TIDINGS_FCM_SERVICE_ACCOUNT_FILE" => "/keys/fcm.json",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        }))
+        .unwrap();
+        let shown = format!("{config:?}");
+        for secret in ["db-pass-1", "sasl-pass-2", "jwt-secret-3"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tidings_delivery::{OutcomeEvents, Record, Recorded, Retry, SendLog, pause, until_ok};
 use tidings_domain::clock::Clock;
 use tidings_domain::{Change, Requester, TicketUpdate};
-use tidings_kafka::{Delivery, Handler, Unhandled};
+use tidings_kafka::{Delivery, Handler, Publisher, Unhandled};
 use tidings_notify::{Device, Platform, PushKind, When, plan_push, push_kind, release_held};
 use tidings_proto::{DeliveryOutcome, update_from_wire};
 use tokio_util::sync::CancellationToken;
@@ -18,8 +18,12 @@ use tracing::Instrument as _;
 use crate::apns::ApnsClient;
 use crate::fcm::FcmClient;
 use crate::payload;
-use crate::registry::Registry;
+use crate::registry::{Held, Invalidation, InvalidationGuard, Registry};
 use crate::transport::{PushResult, Transport};
+
+/// Held pushes claimed at once, and released at most this many at a time.
+const HOLD_BATCH: usize = 100;
+const HOLD_CONCURRENCY: usize = 16;
 
 /// A recorded failure that was the device's token: not a dead letter on redelivery.
 const INVALIDATED: &str = "invalidated: ";
@@ -32,7 +36,15 @@ pub struct Dispatch<A = ApnsClient, F = FcmClient> {
     pub outcomes: OutcomeEvents,
     pub clock: Arc<dyn Clock>,
     pub retry: Retry,
+    pub invalidation_guard: InvalidationGuard,
+    pub dead_letters: DeadLetterTopic,
     pub shutdown: CancellationToken,
+}
+
+/// Where holds that can never be sent go: the consumer's dead-letter topic.
+pub struct DeadLetterTopic {
+    pub publisher: Arc<Publisher>,
+    pub topic: String,
 }
 
 pub struct TicketEvents<A, F>(pub Arc<Dispatch<A, F>>);
@@ -176,19 +188,47 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
             ),
             PushResult::Invalid { reason } => {
                 let id = device.id;
-                self.db("device registry", || self.registry.remove_device(id))
+                let invalidation = self
+                    .db("device registry", || {
+                        self.registry
+                            .invalidate(id, &reason, &self.invalidation_guard)
+                    })
                     .await?;
-                tracing::info!(device_id = %device.id, %reason, "device token invalid; device removed");
-                (
-                    Recorded::Failed(format!("{INVALIDATED}{reason}")),
-                    DeliveryOutcome::DeviceTokenInvalidated {
-                        platform: platform.to_owned(),
-                        reason,
-                    },
-                    String::new(),
-                    Ok(()),
-                    "invalidated",
-                )
+                match invalidation {
+                    Invalidation::Removed => {
+                        tracing::info!(device_id = %device.id, %reason, "device token invalid; device removed");
+                        (
+                            Recorded::Failed(format!("{INVALIDATED}{reason}")),
+                            DeliveryOutcome::DeviceTokenInvalidated {
+                                platform: platform.to_owned(),
+                                reason,
+                            },
+                            String::new(),
+                            Ok(()),
+                            "invalidated",
+                        )
+                    }
+                    Invalidation::Withheld { recent, limit } => {
+                        metrics::counter!("tidings_push_invalidations_withheld_total", "platform" => platform)
+                            .increment(1);
+                        let reason = format!(
+                            "{reason}; device kept: {recent} devices removed in the last hour \
+                             reached the limit of {limit} (check the provider URL and \
+                             credentials; restore with push-dispatcher restore-devices)"
+                        );
+                        tracing::error!(device_id = %device.id, %reason, "invalidation spike: device kept");
+                        (
+                            Recorded::Failed(reason.clone()),
+                            DeliveryOutcome::Failed {
+                                reason: reason.clone(),
+                                permanent: true,
+                            },
+                            String::new(),
+                            Err(Unhandled::DeadLetter(reason)),
+                            "failed",
+                        )
+                    }
+                }
             }
             PushResult::Rejected { reason } => (
                 Recorded::Failed(reason.clone()),
@@ -296,41 +336,113 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
         }
     }
 
-    /// Sends or drops the held pushes that are due; returns how many it looked at.
+    /// Sends or drops the held pushes that are due, [`HOLD_CONCURRENCY`] at a time, under
+    /// one claim; returns how many it looked at. A hold that can never be sent (an unknown
+    /// kind, an unreadable event, retries exhausted) goes to the dead-letter topic and is
+    /// deleted: it is not claimed again.
     pub async fn release_due(&self) -> Result<usize, sqlx::Error> {
-        let due = self.registry.claim_due(self.clock.now(), 100).await?;
-        let n = due.len();
-        for held in due {
-            let outcome = async {
-                let update = match update_from_wire(&held.event) {
-                    Ok(u) => u,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "held push with an unreadable event; dropped");
-                        return Ok(());
-                    }
-                };
-                if !release_held(held.kind, held.resolved_since) {
-                    metrics::counter!("tidings_pushes_total", "outcome" => "dropped").increment(1);
-                    tracing::info!(ticket_id = %update.ticket_id, kind = held.kind.name(), "held push dropped: ticket resolved since");
-                    return Ok(());
-                }
-                match self.registry.device(held.device_id).await {
-                    Ok(Some(device)) => self.deliver(&update, &device, held.kind, held.traceparent.as_deref()).await,
-                    // Unregistered while the push was held.
-                    Ok(None) => Ok(()),
-                    Err(_) => Err(Unhandled::Interrupted),
-                }
-            }
+        use futures::StreamExt as _;
+        let claim = self
+            .registry
+            .claim_due(self.clock.now(), HOLD_BATCH as i64)
+            .await?;
+        let n = claim.held.len();
+        // Collected first: a lazily mapped stream of borrowing futures is not `Send` enough
+        // for the spawned release loop (rust-lang/rust#102211).
+        let releases: Vec<_> = claim
+            .held
+            .iter()
+            .map(|held| async move { (held.id, self.release_one(held).await) })
+            .collect();
+        let verdicts: Vec<(i64, Result<(), Unhandled>)> = futures::stream::iter(releases)
+            .buffer_unordered(HOLD_CONCURRENCY)
+            .collect()
             .await;
-            match outcome {
-                // Interrupted: the claim lapses and it is tried again.
-                Err(Unhandled::Interrupted) => {}
-                Ok(()) | Err(Unhandled::DeadLetter(_)) => {
-                    self.registry.release(held.id).await?;
-                }
+        let (mut done, mut retry) = (Vec::new(), Vec::new());
+        for (id, verdict) in verdicts {
+            match verdict {
+                Ok(()) => done.push(id),
+                // A shutdown leaves it due for the next replica; a failing database or
+                // dead-letter topic is given a minute.
+                Err(_) if self.shutdown.is_cancelled() => {}
+                Err(_) => retry.push(id),
             }
         }
+        claim
+            .finish(
+                &done,
+                &retry,
+                self.clock.now() + chrono::Duration::minutes(1),
+            )
+            .await?;
         Ok(n)
+    }
+
+    async fn release_one(&self, held: &Held) -> Result<(), Unhandled> {
+        let verdict = async {
+            let kind = held
+                .kind
+                .clone()
+                .map_err(|raw| Unhandled::DeadLetter(format!("unknown push kind {raw:?}")))?;
+            let update = update_from_wire(&held.event)
+                .map_err(|e| Unhandled::DeadLetter(format!("unreadable held event: {e}")))?;
+            if !release_held(kind, held.resolved_since) {
+                metrics::counter!("tidings_pushes_total", "outcome" => "dropped").increment(1);
+                tracing::info!(ticket_id = %update.ticket_id, kind = kind.name(), "held push dropped: ticket resolved since");
+                return Ok(());
+            }
+            match self.registry.device(held.device_id).await {
+                Ok(Some(device)) => {
+                    self.deliver(&update, &device, kind, held.traceparent.as_deref())
+                        .await
+                }
+                // Unregistered while the push was held.
+                Ok(None) => Ok(()),
+                Err(_) => Err(Unhandled::Interrupted),
+            }
+        }
+        .await;
+        match verdict {
+            Err(Unhandled::DeadLetter(reason)) => self.dead_letter(held, &reason).await,
+            other => other,
+        }
+    }
+
+    /// Publishes a hold that can never be sent to the dead-letter topic, with the reason and
+    /// the device, in the consumer's dead-letter format.
+    async fn dead_letter(&self, held: &Held, reason: &str) -> Result<(), Unhandled> {
+        tracing::warn!(hold = held.id, event_id = %held.event_id, reason, "held push dead-lettered");
+        let mut headers = vec![
+            ("tidings_dlq_reason".to_owned(), reason.to_owned()),
+            ("tidings_dlq_source".to_owned(), "held_pushes".to_owned()),
+            ("tidings_dlq_device".to_owned(), held.device_id.to_string()),
+        ];
+        headers.extend(
+            held.traceparent
+                .clone()
+                .map(|t| ("traceparent".to_owned(), t)),
+        );
+        match self
+            .dead_letters
+            .publisher
+            .publish(
+                &self.dead_letters.topic,
+                held.event_id.as_bytes(),
+                &held.event,
+                &headers,
+            )
+            .await
+        {
+            Ok(()) => {
+                metrics::counter!("tidings_dead_letters_total", "consumer" => "held-pushes")
+                    .increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-lettering a held push failed; it stays held");
+                Err(Unhandled::Interrupted)
+            }
+        }
     }
 }
 
@@ -360,7 +472,7 @@ pub async fn release_held_pushes<A: Transport, F: Transport>(
     loop {
         match dispatch.release_due().await {
             // A full batch: there may be more due right away.
-            Ok(100) => continue,
+            Ok(HOLD_BATCH) => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "releasing held pushes failed"),
         }

@@ -14,3 +14,4 @@ pub mod transport;
 
 pub use app::Application;
 pub use config::Config;
+pub use registry::Registry;

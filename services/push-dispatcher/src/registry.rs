@@ -16,7 +16,9 @@ pub struct Held {
     pub id: i64,
     pub event_id: Uuid,
     pub device_id: Uuid,
-    pub kind: PushKind,
+    /// What it announces, or the stored name no kind has (a hold written by a newer
+    /// release, or damaged): such a hold can never be sent.
+    pub kind: Result<PushKind, String>,
     /// The ticket event (protobuf) it came from.
     pub event: Vec<u8>,
     pub traceparent: Option<String>,
@@ -135,13 +137,78 @@ impl Registry {
             .collect())
     }
 
-    /// A provider said the token is dead.
-    pub async fn remove_device(&self, device_id: Uuid) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM devices WHERE device_id = $1")
-            .bind(device_id)
-            .execute(&self.pool)
+    /// A provider said the token is gone: the device moves to `removed_devices` (where
+    /// `restore_removed` can bring it back) — unless more devices were removed in the last
+    /// hour than `guard` allows, which is not churn but a misconfiguration (a wrong provider
+    /// URL, a proxy answering 404, sandbox tokens sent to production): then it stays.
+    pub async fn invalidate(
+        &self,
+        device_id: Uuid,
+        reason: &str,
+        guard: &InvalidationGuard,
+    ) -> Result<Invalidation, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // One invalidation at a time: the count and the move are one decision.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tidings.push.invalidate'))")
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let (recent, devices): (i64, f32) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM removed_devices
+                     WHERE removed_at > now() - interval '1 hour'),
+                    (SELECT GREATEST(reltuples, 0) FROM pg_class
+                     WHERE oid = 'devices'::regclass)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let limit = guard.limit(devices as u64);
+        if recent as u64 >= limit {
+            return Ok(Invalidation::Withheld {
+                recent: recent as u64,
+                limit,
+            });
+        }
+        sqlx::query(
+            "WITH gone AS (DELETE FROM devices WHERE device_id = $1 RETURNING *)
+             INSERT INTO removed_devices (device_id, account_id, platform, token, app_id,
+                                          locale, registered_at, removed_at, reason)
+             SELECT device_id, account_id, platform, token, app_id, locale, registered_at,
+                    now(), $2
+             FROM gone
+             ON CONFLICT (device_id) DO UPDATE
+                 SET removed_at = EXCLUDED.removed_at, reason = EXCLUDED.reason",
+        )
+        .bind(device_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Invalidation::Removed)
+    }
+
+    /// Brings back the devices removed at or after `since` whose token nobody registered
+    /// again meanwhile; returns how many.
+    pub async fn restore_removed(&self, since: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let restored = sqlx::query(
+            "INSERT INTO devices (device_id, account_id, platform, token, app_id, locale,
+                                  registered_at)
+             SELECT device_id, account_id, platform, token, app_id, locale, registered_at
+             FROM removed_devices WHERE removed_at >= $1
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(since)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM removed_devices r WHERE removed_at >= $1
+               AND EXISTS (SELECT 1 FROM devices d WHERE d.device_id = r.device_id)",
+        )
+        .bind(since)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(restored)
     }
 
     pub async fn device(&self, device_id: Uuid) -> Result<Option<Device>, sqlx::Error> {
@@ -224,7 +291,8 @@ impl Registry {
         sqlx::query(
             "INSERT INTO resolutions (ticket_id, sequence) VALUES ($1, $2)
              ON CONFLICT (ticket_id) DO UPDATE
-                 SET sequence = GREATEST(resolutions.sequence, EXCLUDED.sequence)",
+                 SET sequence = GREATEST(resolutions.sequence, EXCLUDED.sequence),
+                     recorded_at = now()",
         )
         .bind(ticket_id)
         .bind(sequence as i64)
@@ -267,51 +335,96 @@ impl Registry {
         Ok(())
     }
 
-    /// Claims up to `limit` held pushes due at `now`, oldest first, for one minute: a replica
-    /// that dies before releasing them leaves them due again then (the send log keeps a
-    /// second attempt from pushing twice), and replicas never claim the same rows.
-    pub async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<Held>, sqlx::Error> {
+    /// Claims up to `limit` held pushes due at `now`, oldest first. The claim is a
+    /// transaction holding the rows' locks, so it lasts exactly as long as the work: other
+    /// replicas skip the rows until [`Claim::finish`] (or the claimer's death, which ends
+    /// its connection and makes them due again at once; the send log keeps a second attempt
+    /// from pushing twice). A time-limited lease would lapse under a slow provider — a
+    /// release may retry for minutes — and hand the same pushes to a second replica.
+    pub async fn claim_due(&self, now: DateTime<Utc>, limit: i64) -> Result<Claim, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
-            "WITH claimed AS (
-                 UPDATE held_pushes SET release_at = $1 + interval '1 minute'
-                 WHERE id IN (SELECT id FROM held_pushes WHERE release_at <= $1
-                              ORDER BY release_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                 RETURNING *
-             )
-             SELECT h.id, h.event_id, h.device_id, h.kind, h.event, h.traceparent,
+            "SELECT h.id, h.event_id, h.device_id, h.kind, h.event, h.traceparent,
                     COALESCE(r.sequence > h.sequence, false) AS resolved_since
-             FROM claimed h LEFT JOIN resolutions r ON r.ticket_id = h.ticket_id
-             ORDER BY h.id",
+             FROM held_pushes h LEFT JOIN resolutions r ON r.ticket_id = h.ticket_id
+             WHERE h.release_at <= $1
+             ORDER BY h.release_at, h.id
+             LIMIT $2
+             FOR UPDATE OF h SKIP LOCKED",
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(rows
+        let held = rows
             .iter()
-            .filter_map(|r| {
-                Some(Held {
-                    id: r.get("id"),
-                    event_id: r.get("event_id"),
-                    device_id: r.get("device_id"),
-                    kind: PushKind::parse(r.get("kind"))?,
-                    event: r.get("event"),
-                    traceparent: r.get("traceparent"),
-                    resolved_since: r.get("resolved_since"),
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                Ok(Held {
+                    id: r.try_get("id")?,
+                    event_id: r.try_get("event_id")?,
+                    device_id: r.try_get("device_id")?,
+                    kind: PushKind::parse(&kind).ok_or(kind),
+                    event: r.try_get("event")?,
+                    traceparent: r.try_get("traceparent")?,
+                    resolved_since: r.try_get("resolved_since")?,
                 })
             })
-            .collect())
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Claim { tx, held })
     }
+}
 
-    pub async fn release(&self, id: i64) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM held_pushes WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
+/// Held pushes claimed by [`Registry::claim_due`], locked until `finish`.
+pub struct Claim {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pub held: Vec<Held>,
+}
+
+impl Claim {
+    /// Deletes the holds that are done with (sent, dropped or dead-lettered), moves those
+    /// to try again to `retry_at`, and lets go of the rest (due again at once).
+    pub async fn finish(
+        mut self,
+        done: &[i64],
+        retry: &[i64],
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM held_pushes WHERE id = ANY($1)")
+            .bind(done)
+            .execute(&mut *self.tx)
             .await?;
-        Ok(())
+        sqlx::query("UPDATE held_pushes SET release_at = $2 WHERE id = ANY($1)")
+            .bind(retry)
+            .bind(retry_at)
+            .execute(&mut *self.tx)
+            .await?;
+        self.tx.commit().await
     }
+}
+
+/// How many devices may be removed in an hour: `floor`, or `share` of the registered
+/// devices if that is more. Token churn is steady and small (uninstalls, new phones); a
+/// provider answering "gone" for a large share at once is a misconfiguration.
+#[derive(Debug, Clone, Copy)]
+pub struct InvalidationGuard {
+    pub floor: u64,
+    pub share: f64,
+}
+
+impl InvalidationGuard {
+    pub fn limit(&self, devices: u64) -> u64 {
+        self.floor.max((devices as f64 * self.share) as u64)
+    }
+}
+
+/// What became of an invalidated device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    Removed,
+    /// Kept: `recent` removals in the last hour reached the guard's `limit`.
+    Withheld {
+        recent: u64,
+        limit: u64,
+    },
 }

@@ -2,19 +2,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
+use secrecy::ExposeSecret;
 use tidings_auth::Authenticator;
 use tidings_kafka::{OutboxRelay, RelayConfig, ensure_topics};
 use tidings_proto::ticket::v1::guest_access_service_server::GuestAccessServiceServer;
 use tidings_proto::ticket::v1::ticket_service_server::TicketServiceServer;
 use tidings_store::EventStore;
+use tidings_store::retention::{Rule, prune_periodically};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::guest::GuestApi;
+use crate::api::throttle::GuestOpenLimits;
 use crate::api::ticket::TicketApi;
 use crate::clock::Clock;
 use crate::commands::Executor;
@@ -24,8 +28,11 @@ pub struct Application {
     grpc_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
+    /// Set when the relay failed: the service stops with an error.
+    failed: Arc<AtomicBool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     relay: JoinHandle<()>,
+    pruning: JoinHandle<()>,
     admin: Option<JoinHandle<()>>,
     store: EventStore,
 }
@@ -35,7 +42,7 @@ impl Application {
     /// service taking writes), binds the listeners and starts serving.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let pool = tidings_store::connect(
-            &config.database_url,
+            config.database_url.expose_secret(),
             config.db_schema.as_deref(),
             config.db_max_connections,
         )
@@ -84,7 +91,29 @@ impl Application {
             },
         )
         .context("creating kafka producer")?;
-        let relay = tokio::spawn(relay.run(shutdown.clone()));
+        let failed = Arc::new(AtomicBool::new(false));
+        let pruning = tokio::spawn(prune_periodically(
+            pool.clone(),
+            vec![Rule::new(
+                "idempotency_keys",
+                "created_at",
+                config.idempotency_retention,
+            )],
+            config.prune_interval,
+            shutdown.clone(),
+        ));
+        let relay = {
+            let stop = shutdown.clone();
+            tidings_telemetry::spawn_essential(
+                "outbox-relay",
+                async move {
+                    relay.run(stop).await;
+                    Ok::<(), std::convert::Infallible>(())
+                },
+                shutdown.clone(),
+                failed.clone(),
+            )
+        };
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -107,6 +136,10 @@ impl Application {
             exec: exec.clone(),
             auth,
             clock: clock.clone(),
+            guest_opens: Arc::new(GuestOpenLimits::new(
+                config.guest.opens_per_client,
+                config.guest.opens_per_email,
+            )),
         };
         let guest_api = GuestApi {
             exec,
@@ -136,8 +169,10 @@ impl Application {
             grpc_addr,
             admin_addr,
             shutdown,
+            failed,
             grpc,
             relay,
+            pruning,
             admin,
             store,
         })
@@ -177,6 +212,7 @@ impl Application {
                 tracing::warn!(error = %e, "grpc server ended with error");
             }
             let _ = self.relay.await;
+            let _ = self.pruning.await;
             if let Some(a) = self.admin {
                 let _ = a.await;
             }
@@ -188,6 +224,9 @@ impl Application {
             );
         }
         tracing::info!("ticket service stopped");
+        if self.failed.load(Ordering::SeqCst) {
+            anyhow::bail!("the outbox relay failed (see the log)");
+        }
         Ok(())
     }
 }

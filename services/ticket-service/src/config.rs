@@ -2,9 +2,11 @@
 //! anything binds a port. The README has the table of every variable.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::SecretString;
 use tidings_auth::JwtSettings;
 use tidings_guest_access::{CodeSealer, Keyring};
 use tidings_kafka::{KafkaSettings, TopicSettings};
@@ -16,11 +18,15 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// `None` disables the admin (metrics) endpoint.
     pub admin_addr: Option<SocketAddr>,
-    pub database_url: String,
+    pub database_url: SecretString,
     pub db_schema: Option<String>,
     pub db_max_connections: u32,
     /// Decision states kept in memory for one-round-trip writes (0 disables).
     pub state_cache_capacity: usize,
+    /// How long a command's idempotency record answers a retried call.
+    pub idempotency_retention: Duration,
+    /// How often expired rows are pruned.
+    pub prune_interval: Duration,
     pub kafka: KafkaSettings,
     pub topics: Topics,
     pub outbox: OutboxSettings,
@@ -53,6 +59,9 @@ pub struct GuestSettings {
     pub session_ttl: chrono::Duration,
     pub code_ttl: chrono::Duration,
     pub code_min_interval: chrono::Duration,
+    /// Guest tickets an hour, per calling address and per target email address.
+    pub opens_per_client: NonZeroU32,
+    pub opens_per_email: NonZeroU32,
 }
 
 impl std::fmt::Debug for GuestSettings {
@@ -77,10 +86,13 @@ impl Config {
             SocketAddr::from(([127, 0, 0, 1], 50051)),
         );
         let admin_addr = env.optional_addr("TIDINGS_ADMIN_ADDR", "127.0.0.1:9464");
-        let database_url = env.required("DATABASE_URL");
+        let database_url = env.required_secret("DATABASE_URL");
         let db_schema = env.schema("TIDINGS_DB_SCHEMA");
         let db_max_connections = env.parse("TIDINGS_DB_MAX_CONNECTIONS", 16u32);
         let state_cache_capacity = env.parse("TIDINGS_STATE_CACHE_CAPACITY", 10_000usize);
+        let idempotency_retention = env.days("TIDINGS_IDEMPOTENCY_RETENTION_DAYS", 30);
+        let prune_interval =
+            Duration::from_secs(env.parse("TIDINGS_PRUNE_INTERVAL_SECS", 3600u64).max(1));
         let kafka = KafkaSettings::from_env(&mut env);
         let topic_settings = TopicSettings::from_env(&mut env);
         let topics = Topics {
@@ -121,6 +133,14 @@ impl Config {
         let code_ttl = chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_TTL_SECS", 600i64));
         let code_min_interval =
             chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_MIN_INTERVAL_SECS", 60i64));
+        let opens = |env: &mut Env<F>, key: &str, default: u32| {
+            NonZeroU32::new(env.parse(key, default)).unwrap_or_else(|| {
+                env.error(format!("{key} must be at least 1"));
+                NonZeroU32::MIN
+            })
+        };
+        let opens_per_client = opens(&mut env, "TIDINGS_GUEST_OPENS_PER_CLIENT_PER_HOUR", 30);
+        let opens_per_email = opens(&mut env, "TIDINGS_GUEST_OPENS_PER_EMAIL_PER_HOUR", 5);
         let runtime = RuntimeSettings::from_env(&mut env);
         let ce_source = env.string("TIDINGS_CE_SOURCE", "/tidings/ticket-service");
         env.finish()?;
@@ -132,6 +152,8 @@ impl Config {
             db_schema,
             db_max_connections,
             state_cache_capacity,
+            idempotency_retention,
+            prune_interval,
             kafka,
             topics,
             outbox,
@@ -143,6 +165,8 @@ impl Config {
                 session_ttl,
                 code_ttl,
                 code_min_interval,
+                opens_per_client,
+                opens_per_email,
             },
             runtime,
             ce_source,
@@ -171,6 +195,35 @@ mod tests {
             "TIDINGS_CODE_SEAL_KEY",
         ] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_carries_no_secret() {
+        let config = Config::load(Env::with_lookup(|k| {
+            Some(
+                match k {
+                    "DATABASE_URL" => "postgres://app:db-pass-1@db/tidings",
+                    "KAFKA_BROKERS" => "127.0.0.1:9092",
+                    "TIDINGS_KAFKA_PROPERTIES" => "sasl.username=u;sasl.password=sasl-pass-2",
+                    "TIDINGS_JWT_HS256_SECRET" => "jwt-secret-3-jwt-secret-3-jwt-secret-3",
+                    "TIDINGS_GUEST_KEYS" => "t1:dGVzdC1ndWVzdC1rZXktdGVzdC1ndWVzdC1rZXktdGVzdA==",
+                    "TIDINGS_CODE_SEAL_KEY" => "c2VhbC1rZXktc2VhbC1rZXktc2VhbC1rZXktc2VhbC0=",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        }))
+        .unwrap();
+        let shown = format!("{config:?}");
+        for secret in [
+            "db-pass-1",
+            "sasl-pass-2",
+            "jwt-secret-3",
+            "dGVzdC1ndWVzdC1rZXktdGVzdC1ndWVzdC1rZXktdGVzdA",
+            "c2VhbC1rZXktc2VhbC1rZXktc2VhbC1rZXktc2VhbC0",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
         }
     }
 }

@@ -20,6 +20,12 @@ pub enum ApiError {
     Domain(#[from] DomainError),
     #[error("the ticket changed concurrently too often; retry")]
     Contended,
+    /// Too many guest tickets opened `what` (e.g. "for this email address").
+    #[error("too many tickets opened {what}; retry in {retry_after_secs} s")]
+    Throttled {
+        what: &'static str,
+        retry_after_secs: u64,
+    },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -53,6 +59,15 @@ impl From<ApiError> for Status {
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::NotFound => Status::not_found("ticket not found"),
             ApiError::Domain(d) => tidings_proto::domain_status(&d),
+            ApiError::Throttled {
+                retry_after_secs, ..
+            } => {
+                let mut status = Status::resource_exhausted(e.to_string());
+                if let Ok(v) = retry_after_secs.to_string().parse() {
+                    status.metadata_mut().insert("retry-after", v);
+                }
+                status
+            }
             ApiError::Contended => {
                 Status::aborted("the ticket changed concurrently too often; retry")
             }

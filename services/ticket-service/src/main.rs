@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
 use ticket_service::{Application, Config, SystemClock};
 
 /// Tidings ticket service. Configuration comes from the environment (see README).
@@ -46,8 +47,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
         }
         Cmd::Migrate => {
-            let pool = tidings_store::connect(&config.database_url, config.db_schema.as_deref(), 2)
-                .await?;
+            let pool = tidings_store::connect(
+                config.database_url.expose_secret(),
+                config.db_schema.as_deref(),
+                2,
+            )
+            .await?;
             tidings_store::migrate(&pool, config.db_schema.as_deref())
                 .await
                 .context("migrating")?;
@@ -55,8 +60,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::RebuildReadModel => {
-            let pool = tidings_store::connect(&config.database_url, config.db_schema.as_deref(), 2)
-                .await?;
+            let pool = tidings_store::connect(
+                config.database_url.expose_secret(),
+                config.db_schema.as_deref(),
+                2,
+            )
+            .await?;
             tidings_store::migrate(&pool, config.db_schema.as_deref()).await?;
             let n = tidings_store::EventStore::new(pool)
                 .rebuild_read_model()

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tidings_domain::{AccessCodeOutcome, Actor, Command, Requester, TicketEvent};
+use tidings_domain::{AccessCodeOutcome, Actor, Command, DomainError, Requester, TicketEvent};
 use tidings_guest_access::{TokenError, UnverifiedLink, generate_code};
 use tidings_proto::ticket::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -148,6 +148,13 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
                     Err(ApiError::Unauthenticated(format!(
                         "the code is not correct; {attempts_left} attempt(s) left"
                     )))
+                }
+                Some(AccessCodeOutcome::Locked { until }) => {
+                    tracing::warn!(ticket_id = %link.ticket, %until, "guest access locked for the day");
+                    let wait = (until - self.clock.now()).num_seconds().max(1);
+                    Err(ApiError::Domain(DomainError::GuestAccessLocked {
+                        retry_after_secs: wait,
+                    }))
                 }
                 None => Err(ApiError::Unauthenticated(
                     "the code could not be checked; request a new one".into(),

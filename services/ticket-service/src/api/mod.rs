@@ -2,6 +2,7 @@
 //! field on failure), and hands the command to the `Executor`.
 
 pub mod guest;
+pub mod throttle;
 pub mod ticket;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ use tidings_proto::{View, status_from_wire, status_to_wire, summary_to_wire, tic
 use tidings_store::{Cursor, ListFilter};
 use tonic::{Request, Response, Status};
 
+use super::throttle::GuestOpenLimits;
 use super::{bearer, observe, require, trace_of, traceparent_header};
 use crate::clock::Clock;
 use crate::commands::{Executor, Idempotency, Write, fingerprint, visible_to};
@@ -20,6 +21,7 @@ pub struct TicketApi {
     pub exec: Arc<Executor>,
     pub auth: Arc<Authenticator>,
     pub clock: Arc<dyn Clock>,
+    pub guest_opens: Arc<GuestOpenLimits>,
 }
 
 fn ticket_id(raw: &str) -> Result<TicketId, ApiError> {
@@ -121,6 +123,7 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         observe("OpenTicket", traceparent_header(&req), async {
             let principal = bearer(&self.auth, &self.clock, &req)?;
             let trace = trace_of(&req);
+            let client = req.remote_addr().map(|a| a.ip());
             let r = req.into_inner();
             let rid = request_id(&r.request_id)?;
             let subject =
@@ -216,6 +219,10 @@ impl pb::ticket_service_server::TicketService for TicketApi {
                     ticket_id: outcome.ticket_id.to_string(),
                     ticket_number: outcome.ticket_number,
                 });
+            }
+            // A retry (above) is not a new ticket and costs nothing.
+            if let Requester::Guest { email, .. } = &requester {
+                self.guest_opens.check(client, email.as_str())?;
             }
             let id = TicketId::new();
             let number = self.exec.store.next_ticket_number().await?;

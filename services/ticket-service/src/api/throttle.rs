@@ -1,0 +1,64 @@
+//! Throttling of unauthenticated ticket opening: anyone can open a ticket as a guest, and
+//! each one mails the address given, so both the caller and the target address are bounded
+//! (GCRA, `governor`). The limits are per replica: with N replicas a caller gets up to N
+//! times as many; the per-address bound is what keeps one inbox from being flooded.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::ApiError;
+
+pub struct GuestOpenLimits {
+    by_client: DefaultKeyedRateLimiter<IpAddr>,
+    by_email: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl GuestOpenLimits {
+    /// `per_client` and `per_email` tickets an hour, each allowed as a burst.
+    pub fn new(per_client: NonZeroU32, per_email: NonZeroU32) -> Self {
+        Self {
+            by_client: RateLimiter::keyed(Quota::per_hour(per_client)),
+            by_email: RateLimiter::keyed(Quota::per_hour(per_email)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one ticket from both buckets, or says how long to wait. A call without a peer
+    /// address (not TCP) is bounded by its email only.
+    pub fn check(&self, client: Option<IpAddr>, email: &str) -> Result<(), ApiError> {
+        if let Some(ip) = client
+            && let Err(not_until) = self.by_client.check_key(&ip)
+        {
+            return Err(self.limited(
+                "from this client",
+                not_until.wait_time_from(self.clock.now()),
+            ));
+        }
+        if let Err(not_until) = self.by_email.check_key(&email.to_ascii_lowercase()) {
+            return Err(self.limited(
+                "for this email address",
+                not_until.wait_time_from(self.clock.now()),
+            ));
+        }
+        // Keys whose buckets are full again hold no information: drop them now and then.
+        if self.by_email.len() > 100_000 {
+            self.by_email.retain_recent();
+        }
+        if self.by_client.len() > 100_000 {
+            self.by_client.retain_recent();
+        }
+        Ok(())
+    }
+
+    fn limited(&self, what: &'static str, wait: std::time::Duration) -> ApiError {
+        metrics::counter!("tidings_guest_opens_throttled_total", "by" => what).increment(1);
+        ApiError::Throttled {
+            what,
+            retry_after_secs: wait.as_secs().max(1),
+        }
+    }
+}

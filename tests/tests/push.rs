@@ -505,6 +505,30 @@ async fn a_redelivered_event_pushes_once_and_fcm_tokens_are_reused() {
         1,
         "one access token for every send"
     );
+    // The redelivered reply's outcome is published again under the same event id: had a
+    // crash come between its record and its first publication, it is on the topic now.
+    let outcomes = read_topic(
+        &app.brokers,
+        &push.notification_topic,
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    let ids: Vec<String> = outcomes
+        .iter()
+        .map(|m| {
+            ev::NotificationEvent::decode(m.payload().unwrap())
+                .unwrap()
+                .event_id
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        2,
+        "the copy carries the first one's id: {ids:?}"
+    );
 }
 
 #[tokio::test]

@@ -537,4 +537,25 @@ mod tests {
             .unwrap();
         assert_eq!(p, Some(Principal::Guest { ticket: t, email }));
     }
+
+    proptest::proptest! {
+        /// No header value, however odd, panics or authenticates.
+        #[test]
+        fn an_arbitrary_authorization_header_is_refused(raw in "\\PC{0,300}", bearer in proptest::bool::ANY) {
+            let header = if bearer { format!("Bearer {raw}") } else { raw };
+            proptest::prop_assert!(auth(None).authenticate(Some(&header), Utc::now()).is_err());
+        }
+
+        /// A valid token with one character changed is refused.
+        #[test]
+        fn a_tampered_token_is_refused(at in 0usize..2048, c in "[A-Za-z0-9_.-]") {
+            let token = mint_hs256(&secret(), &claims("ann"));
+            let i = at % token.len();
+            let mut tampered = token.clone();
+            tampered.replace_range(i..i + 1, &c);
+            proptest::prop_assume!(tampered != token);
+            let result = auth(None).authenticate(Some(&format!("Bearer {tampered}")), Utc::now());
+            proptest::prop_assert!(result.is_err(), "{tampered} was accepted");
+        }
+    }
 }

@@ -7,6 +7,6 @@ mod log;
 mod outcome;
 mod retry;
 
-pub use log::{OutcomeMessage, Record, Recorded, SendLog, SendLogError};
+pub use log::{Found, OutcomeMessage, Record, Recorded, SendLog, SendLogError};
 pub use outcome::OutcomeEvents;
 pub use retry::{Interrupted, Retry, pause, until_ok};

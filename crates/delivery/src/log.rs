@@ -1,11 +1,17 @@
 //! The record of what a dispatcher sent, in its own schema. A send is keyed by (event,
-//! recipient — an address, a device). Its outcome event for the notification-events topic is
-//! published first (awaiting the broker's acknowledgement), then the record is written: a
-//! record therefore means its outcome event is on the broker. A crash between the two (or
-//! between the send and the record, which no design can close) mails or pushes once more on
-//! redelivery and publishes the outcome again under the same event id, derived from the
-//! key, so consumers can drop the copy. The table has the columns of `email_sends` in the
-//! email dispatcher's first migration; each dispatcher names its own.
+//! recipient — an address, a device) and its record is what keeps a redelivered event from
+//! sending again; each send also has an outcome event for the notification-events topic.
+//!
+//! A message the provider accepted is recorded at once, while its outcome event is being
+//! published: the time between the provider's acceptance and the record is the crash window
+//! in which a `kill -9` sends the message again after the restart, and waiting for the
+//! broker's acknowledgement first made it 0.5–1 s under load. A crash between the record and
+//! the acknowledgement leaves a record whose outcome event may be missing, so a handler that
+//! finds a sent record publishes its outcome again (`republish`, same event id, derived from
+//! the key, so consumers drop the copy). A failure is recorded only after its outcome event
+//! is acknowledged: a record of a failure therefore means its outcome is on the broker. The
+//! table has the columns of `email_sends` in the email dispatcher's first migration; each
+//! dispatcher names its own.
 //!
 //! The outcome events used to go through an outbox in the same statement as the record. At
 //! 13,000 emails/s that outbox was two thirds of the WAL (1,355 → 356 bytes per email without
@@ -16,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::PgPool;
 use tidings_kafka::Publisher;
@@ -50,20 +57,28 @@ pub struct Record {
     pub event: OutcomeMessage,
 }
 
+/// A send found in the log: its outcome and the message id it went out with (the provider's
+/// id where it gives one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub outcome: Recorded,
+    pub message_id: String,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("send log: {0}")]
 pub struct SendLogError(String);
 
 type Reply<T> = oneshot::Sender<Result<T, SendLogError>>;
 /// (event id, recipient) and where the answer goes.
-type Lookup = ((Uuid, String), Reply<Option<Recorded>>);
-/// A stored send: event id, recipient, outcome, detail.
-type SendRow = (Uuid, String, String, Option<String>);
+type Lookup = ((Uuid, String), Reply<Option<Found>>);
+/// A stored send: event id, recipient, outcome, detail, message id.
+type SendRow = (Uuid, String, String, Option<String>, String);
 
 #[derive(Clone)]
 pub struct SendLog {
     lookups: mpsc::UnboundedSender<Lookup>,
-    records: mpsc::UnboundedSender<(Record, Reply<()>)>,
+    records: mpsc::UnboundedSender<(Record, Reply<Instant>)>,
     outcomes: Arc<Publisher>,
 }
 
@@ -90,7 +105,7 @@ impl SendLog {
         &self,
         event_id: Uuid,
         recipient: &str,
-    ) -> Result<Option<Recorded>, SendLogError> {
+    ) -> Result<Option<Found>, SendLogError> {
         let (tx, rx) = oneshot::channel();
         self.lookups
             .send(((event_id, recipient.to_owned()), tx))
@@ -98,21 +113,39 @@ impl SendLog {
         rx.await.map_err(|_| SendLogError("stopped".into()))?
     }
 
-    /// Publishes the outcome event, then records the outcome; a second record for the same
+    /// Records a send and publishes its outcome event; returns once both are done, with the
+    /// instant the record was committed. A sent message's record is written while its outcome
+    /// is published; a failure's only after (see the module). A second record for the same
     /// key (a concurrent twin after a rebalance) changes nothing. On an error nothing may be
     /// assumed written: the caller retries the whole.
-    pub async fn record(&self, record: Record) -> Result<(), SendLogError> {
-        let e = &record.event;
+    pub async fn record(&self, record: Record) -> Result<Instant, SendLogError> {
+        let event = record.event.clone();
+        let sent = record.outcome == Recorded::Sent;
+        let publish = self.republish(&event);
+        let write = async {
+            let (tx, rx) = oneshot::channel();
+            self.records
+                .send((record, tx))
+                .map_err(|_| SendLogError("stopped".into()))?;
+            rx.await.map_err(|_| SendLogError("stopped".into()))?
+        };
+        if sent {
+            let ((), written) = tokio::try_join!(publish, write)?;
+            Ok(written)
+        } else {
+            publish.await?;
+            write.await
+        }
+    }
+
+    /// Publishes an outcome event (again, for a sent record found on redelivery).
+    pub async fn republish(&self, e: &OutcomeMessage) -> Result<(), SendLogError> {
         self.outcomes
             .publish(&e.topic, &e.key, &e.value, &e.headers)
             .await
             .map_err(|err| SendLogError(format!("publishing the outcome event: {err}")))?;
         metrics::counter!("tidings_outcome_events_published_total").increment(1);
-        let (tx, rx) = oneshot::channel();
-        self.records
-            .send((record, tx))
-            .map_err(|_| SendLogError("stopped".into()))?;
-        rx.await.map_err(|_| SendLogError("stopped".into()))?
+        Ok(())
     }
 }
 
@@ -130,9 +163,9 @@ async fn lookup_batches(
         // join): a join lets the planner pick a hash join over a scan of the whole, growing
         // table, and a plan cached while the table was empty keeps doing that.
         let sql = format!(
-            "SELECT s.event_id, s.recipient, s.outcome, s.detail
+            "SELECT s.event_id, s.recipient, s.outcome, s.detail, s.message_id
              FROM UNNEST($1::uuid[], $2::text[]) AS k(e, r),
-                  LATERAL (SELECT event_id, recipient, outcome, detail FROM {table}
+                  LATERAL (SELECT event_id, recipient, outcome, detail, message_id FROM {table}
                            WHERE event_id = k.e AND recipient = k.r LIMIT 1) AS s"
         );
         let rows: Result<Vec<SendRow>, _> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -142,14 +175,20 @@ async fn lookup_batches(
             .await;
         match rows {
             Ok(rows) => {
-                let found: HashMap<(Uuid, String), Recorded> = rows
+                let found: HashMap<(Uuid, String), Found> = rows
                     .into_iter()
-                    .map(|(e, r, outcome, detail)| {
-                        let rec = match outcome.as_str() {
+                    .map(|(e, r, outcome, detail, message_id)| {
+                        let outcome = match outcome.as_str() {
                             "sent" => Recorded::Sent,
                             _ => Recorded::Failed(detail.unwrap_or_default()),
                         };
-                        ((e, r), rec)
+                        (
+                            (e, r),
+                            Found {
+                                outcome,
+                                message_id,
+                            },
+                        )
                     })
                     .collect();
                 for (key, reply) in batch {
@@ -166,25 +205,40 @@ async fn lookup_batches(
     }
 }
 
+/// Record batches written at once. A record waits for a free writer rather than for the
+/// batch before it, so it commits about one write after it was asked for: that write is the
+/// crash window of a sent message.
+const RECORD_WRITERS: usize = 4;
+
 async fn record_batches(
     pool: PgPool,
     table: &'static str,
-    mut rx: mpsc::UnboundedReceiver<(Record, Reply<()>)>,
+    mut rx: mpsc::UnboundedReceiver<(Record, Reply<Instant>)>,
 ) {
+    let writers = Arc::new(tokio::sync::Semaphore::new(RECORD_WRITERS));
     let mut previous = 0;
     while let Some(batch) = next_batch(&mut rx, previous).await {
         previous = batch.len();
-        let result = write_records(&pool, table, &batch).await;
-        for (_, reply) in batch {
-            let _ = reply.send(result.clone());
-        }
+        let Ok(writer) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let result = write_records(&pool, table, &batch)
+                .await
+                .map(|()| Instant::now());
+            drop(writer);
+            for (_, reply) in batch {
+                let _ = reply.send(result.clone());
+            }
+        });
     }
 }
 
 async fn write_records(
     pool: &PgPool,
     table: &'static str,
-    batch: &[(Record, Reply<()>)],
+    batch: &[(Record, Reply<Instant>)],
 ) -> Result<(), SendLogError> {
     let mut seen = HashSet::new();
     let mut cols = RecordColumns::default();

@@ -528,4 +528,42 @@ mod tests {
             Some(KeyError::KeyId(_))
         ));
     }
+
+    proptest::proptest! {
+        /// Arbitrary strings never panic the parsers and never verify.
+        #[test]
+        fn arbitrary_tokens_are_refused(raw in "\\PC{0,300}") {
+            let r = ring(K1);
+            proptest::prop_assert!(r.verify_session(&raw, Utc::now()).is_err());
+            if let Ok(link) = UnverifiedLink::parse(&raw) {
+                let verified = r.verify_link(&link, &email("g@example.com"), Utc::now(), Duration::days(30));
+                proptest::prop_assert!(verified.is_err());
+            }
+        }
+
+        /// A minted session or link with one character changed is refused.
+        #[test]
+        fn a_tampered_session_or_link_is_refused(at in 0usize..512, c in "[A-Za-z0-9_.-]") {
+            let r = ring(K1);
+            let g = email("g@example.com");
+            let t = TicketId::new();
+            let now = Utc::now();
+            let session = r.mint_session(t, &g, now + Duration::hours(1));
+            let i = at % session.len();
+            let mut tampered = session.clone();
+            tampered.replace_range(i..i + 1, &c);
+            if tampered != session {
+                proptest::prop_assert!(r.verify_session(&tampered, now).is_err(), "{tampered}");
+            }
+            let link = r.mint_link(t, &g, now);
+            let i = at % link.len();
+            let mut tampered = link.clone();
+            tampered.replace_range(i..i + 1, &c);
+            if tampered != link
+                && let Ok(parsed) = UnverifiedLink::parse(&tampered)
+            {
+                proptest::prop_assert!(r.verify_link(&parsed, &g, now, Duration::days(30)).is_err(), "{tampered}");
+            }
+        }
+    }
 }

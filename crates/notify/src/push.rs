@@ -447,4 +447,20 @@ mod tests {
         assert!(!release_held(PushKind::InfoRequested, true));
         assert!(release_held(PushKind::Resolved, true));
     }
+
+    proptest::proptest! {
+        /// Any registration input is accepted only in the provider's token shape, and an
+        /// accepted token parses to itself.
+        #[test]
+        fn device_tokens_are_accepted_only_in_their_shape(raw in "\\PC{0,200}|[0-9a-fA-F]{64}") {
+            if let Ok(t) = DeviceToken::parse(Platform::Ios, &raw) {
+                proptest::prop_assert!(t.as_str().len() == 64 && t.as_str().chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+                proptest::prop_assert_eq!(DeviceToken::parse(Platform::Ios, t.as_str()).unwrap(), t);
+            }
+            if let Ok(t) = DeviceToken::parse(Platform::Android, &raw) {
+                proptest::prop_assert!(!t.as_str().is_empty() && t.as_str().chars().all(|c| c.is_ascii_graphic()));
+                proptest::prop_assert_eq!(DeviceToken::parse(Platform::Android, t.as_str()).unwrap(), t);
+            }
+        }
+    }
 }

@@ -262,4 +262,31 @@ mod tests {
         let empty = ev::TicketEvent::default().encode_to_vec();
         assert_eq!(update_from_wire(&empty).unwrap_err().field, "event_id");
     }
+
+    proptest::proptest! {
+        /// Whatever arrives on the topic, decoding answers; it never panics.
+        #[test]
+        fn any_bytes_decode_to_an_update_or_an_error(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = update_from_wire(&bytes);
+        }
+
+        /// A real event with any one byte changed still decodes or is refused, never panics.
+        #[test]
+        fn a_damaged_event_is_refused_or_decoded(at in 0usize..4096, byte in proptest::num::u8::ANY) {
+            let t = ticket();
+            let wire = event_to_wire(
+                uuid::Uuid::now_v7(),
+                &t,
+                1,
+                Utc::now(),
+                &Actor::System,
+                &TicketEvent::ReplyAdded { body: Body::parse("hello").unwrap() },
+            )
+            .encode_to_vec();
+            let mut damaged = wire.clone();
+            let i = at % damaged.len();
+            damaged[i] = byte;
+            let _ = update_from_wire(&damaged);
+        }
+    }
 }

@@ -302,4 +302,41 @@ mod tests {
         let encoding = encoding_as_is(text, eight_bit)?;
         push_lines(&mut String::new(), text).then_some(encoding)
     }
+
+    proptest::proptest! {
+        /// Whatever the subject and bodies hold (user text: ticket subjects, replies), the
+        /// DATA block has one end mark, CRLF line ends only, lines within SMTP's 998 octets,
+        /// exactly our headers and exactly our three part delimiters.
+        #[test]
+        fn any_text_makes_one_well_framed_message_with_only_our_headers(
+            subject in "\\PC{0,300}|[\\x00-\\x7f]{0,300}",
+            text in "\\PC{0,2000}|[\\x00-\\x7f]{0,2000}",
+            html in "\\PC{0,500}",
+            eight_bit in proptest::bool::ANY,
+        ) {
+            let b = block(&email(&subject, &text, &html), eight_bit);
+            proptest::prop_assert!(b.ends_with("\r\n.\r\n"));
+            proptest::prop_assert_eq!(b.matches("\r\n.\r\n").count(), 1);
+            let unframed = b.replace("\r\n", "");
+            proptest::prop_assert!(!unframed.contains(['\r', '\n']), "a bare CR or LF");
+            proptest::prop_assert!(b.split("\r\n").all(|l| l.len() <= 998), "a line over 998 octets");
+            let m = message(&b);
+            let (headers, _) = m.split_once("\r\n\r\n").expect("a header block");
+            let ours = [
+                "From:", "To:", "Subject:", "Message-ID:", "Date:", "Auto-Submitted:",
+                "MIME-Version:", "Content-Type:",
+            ];
+            for line in headers.split("\r\n") {
+                proptest::prop_assert!(
+                    line.starts_with([' ', '\t']) || ours.iter().any(|h| line.starts_with(h)),
+                    "a header that is not ours: {line:?}"
+                );
+            }
+            let delimiters = m
+                .split("\r\n")
+                .filter(|l| l.starts_with("--=_tidings_"))
+                .count();
+            proptest::prop_assert_eq!(delimiters, 3);
+        }
+    }
 }

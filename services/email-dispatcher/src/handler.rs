@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::mailer::{Mailer, OutgoingEmail, SendError};
 use crate::render::{Content, Lang, render};
 use tidings_delivery::{
-    OutcomeEvents, Record, Recorded, Retry, SendLog, SendLogError, pause, until_ok,
+    Found, OutcomeEvents, Record, Recorded, Retry, SendLog, SendLogError, pause, until_ok,
 };
 
 /// Where a reader continues: `{ticket_id}`, `{ticket_number}` and (guests) `{token}` are
@@ -126,8 +126,12 @@ impl<M: Mailer> Handler for AccessCodes<M> {
 
 /// How a send ended after retries.
 enum Sent {
-    Ok,
-    Failed { reason: String, permanent: bool },
+    /// Accepted by the server at this instant.
+    Ok(Instant),
+    Failed {
+        reason: String,
+        permanent: bool,
+    },
 }
 
 impl<M: Mailer> Dispatch<M> {
@@ -144,14 +148,30 @@ impl<M: Mailer> Dispatch<M> {
             .with_db_retry(|| self.sends.lookup(update.event_id, recipient))
             .await?;
         match lookup {
-            Some(Recorded::Sent) => {
+            Some(Found {
+                outcome: Recorded::Sent,
+                message_id,
+            }) => {
                 metrics::counter!("tidings_emails_total", "kind" => kind, "outcome" => "duplicate")
                     .increment(1);
                 tracing::debug!(event_id = %update.event_id, "already mailed");
-                return Ok(());
+                // A crash may have come between the record and the outcome's publication.
+                let event = self.outcomes.message(
+                    update,
+                    recipient,
+                    kind,
+                    &DeliveryOutcome::Sent {
+                        provider_message_id: message_id,
+                    },
+                    traceparent,
+                );
+                return self.with_db_retry(|| self.sends.republish(&event)).await;
             }
             // Dead-lettered before; at-least-once applies to the dead-letter topic too.
-            Some(Recorded::Failed(reason)) => return Err(Unhandled::DeadLetter(reason)),
+            Some(Found {
+                outcome: Recorded::Failed(reason),
+                ..
+            }) => return Err(Unhandled::DeadLetter(reason)),
             None => {}
         }
 
@@ -180,14 +200,17 @@ impl<M: Mailer> Dispatch<M> {
 
         let started = Instant::now();
         let sent = self.send_with_retry(&email).await?;
-        let accepted = Instant::now();
         // Thousands of records wait for their outcome's acknowledgement at once; none needs
         // its email any more.
         drop(email);
         metrics::histogram!("tidings_email_send_seconds", "kind" => kind)
             .record(started.elapsed().as_secs_f64());
+        let accepted = match sent {
+            Sent::Ok(at) => Some(at),
+            Sent::Failed { .. } => None,
+        };
         let (recorded, outcome, result) = match sent {
-            Sent::Ok => (
+            Sent::Ok(_) => (
                 Recorded::Sent,
                 DeliveryOutcome::Sent {
                     provider_message_id: message_id.clone(),
@@ -214,13 +237,14 @@ impl<M: Mailer> Dispatch<M> {
             outcome: recorded,
             event,
         };
-        self.with_db_retry(|| self.sends.record(record.clone()))
+        let written = self
+            .with_db_retry(|| self.sends.record(record.clone()))
             .await?;
-        let label = if result.is_ok() {
+        let label = if let Some(accepted) = accepted {
             // The crash window: a dispatcher killed between the server's acceptance and the
-            // record mails the message again after its restart.
+            // record's commit mails the message again after its restart.
             metrics::histogram!("tidings_email_unrecorded_seconds")
-                .record(accepted.elapsed().as_secs_f64());
+                .record(written.duration_since(accepted).as_secs_f64());
             // For staleness alerts ("no mail accepted for 10 minutes") and the benchmark.
             metrics::gauge!("tidings_email_last_sent_timestamp_seconds")
                 .set(Utc::now().timestamp_micros() as f64 / 1e6);
@@ -238,7 +262,7 @@ impl<M: Mailer> Dispatch<M> {
         let mut backoff = self.retry.first;
         loop {
             match self.mailer.send(email).await {
-                Ok(()) => return Ok(Sent::Ok),
+                Ok(accepted) => return Ok(Sent::Ok(accepted)),
                 Err(SendError::Permanent(reason)) => {
                     return Ok(Sent::Failed {
                         reason: format!("smtp rejected the message: {reason}"),

@@ -45,7 +45,12 @@ pub enum SendError {
 }
 
 pub trait Mailer: Send + Sync + 'static {
-    fn send(&self, email: &OutgoingEmail) -> impl Future<Output = Result<(), SendError>> + Send;
+    /// Sends one message; `Ok` carries the instant the server accepted it (the start of the
+    /// crash window, taken where the reply is read, not where the caller wakes up).
+    fn send(
+        &self,
+        email: &OutgoingEmail,
+    ) -> impl Future<Output = Result<std::time::Instant, SendError>> + Send;
 }
 
 /// How to reach the SMTP server, from `TIDINGS_SMTP_URL`:
@@ -253,16 +258,17 @@ struct Job {
     /// The message's size as sent (its DATA block without the end mark), for
     /// `tidings_email_bytes_total`.
     size: usize,
-    reply: oneshot::Sender<Result<(), SendError>>,
+    reply: oneshot::Sender<Result<std::time::Instant, SendError>>,
 }
 
 impl Job {
     fn finish(self, result: Result<(), SendError>) {
+        let accepted = std::time::Instant::now();
         if result.is_ok() {
             metrics::counter!("tidings_email_bytes_total").increment(self.size as u64);
         }
         // The sender stopped waiting only at shutdown; nothing is left to tell.
-        let _ = self.reply.send(result);
+        let _ = self.reply.send(result.map(|()| accepted));
     }
 }
 
@@ -528,7 +534,7 @@ impl SmtpMailer {
 }
 
 impl Mailer for SmtpMailer {
-    async fn send(&self, email: &OutgoingEmail) -> Result<(), SendError> {
+    async fn send(&self, email: &OutgoingEmail) -> Result<std::time::Instant, SendError> {
         let to: lettre::Address = email.to.parse().map_err(|err| {
             SendError::Permanent(format!("invalid recipient {:?}: {err}", email.to))
         })?;

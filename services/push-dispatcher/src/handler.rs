@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidings_delivery::{OutcomeEvents, Record, Recorded, Retry, SendLog, pause, until_ok};
+use tidings_delivery::{Found, OutcomeEvents, Record, Recorded, Retry, SendLog, pause, until_ok};
 use tidings_domain::clock::Clock;
 use tidings_domain::{Change, Requester, TicketUpdate};
 use tidings_kafka::{Delivery, Handler, Publisher, Unhandled};
@@ -161,13 +161,34 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
             })
             .await?
         {
-            Some(Recorded::Sent) => {
+            Some(Found {
+                outcome: Recorded::Sent,
+                message_id,
+            }) => {
                 metrics::counter!("tidings_pushes_total", "platform" => platform, "outcome" => "duplicate")
                     .increment(1);
-                return Ok(());
+                // A crash may have come between the record and the outcome's publication.
+                let event = self.outcomes.message(
+                    update,
+                    &recipient,
+                    kind.name(),
+                    &DeliveryOutcome::Sent {
+                        provider_message_id: message_id,
+                    },
+                    traceparent,
+                );
+                return self
+                    .db("outcome event", || self.sends.republish(&event))
+                    .await;
             }
-            Some(Recorded::Failed(reason)) if reason.starts_with(INVALIDATED) => return Ok(()),
-            Some(Recorded::Failed(reason)) => return Err(Unhandled::DeadLetter(reason)),
+            Some(Found {
+                outcome: Recorded::Failed(reason),
+                ..
+            }) if reason.starts_with(INVALIDATED) => return Ok(()),
+            Some(Found {
+                outcome: Recorded::Failed(reason),
+                ..
+            }) => return Err(Unhandled::DeadLetter(reason)),
             None => {}
         }
         let message = payload::build(update, device, kind, self.clock.now());
@@ -269,13 +290,14 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
                 traceparent,
             ),
         };
-        self.db("send log", || self.sends.record(record.clone()))
+        let written = self
+            .db("send log", || self.sends.record(record.clone()))
             .await?;
         if label == "sent" {
             // The crash window: a dispatcher killed between the provider's acceptance and
             // the record pushes again after its restart.
             metrics::histogram!("tidings_push_unrecorded_seconds", "platform" => platform)
-                .record(accepted.elapsed().as_secs_f64());
+                .record(written.duration_since(accepted).as_secs_f64());
         }
         metrics::counter!("tidings_pushes_total", "platform" => platform, "outcome" => label)
             .increment(1);

@@ -7,6 +7,8 @@ mod log;
 mod outcome;
 mod retry;
 
-pub use log::{Found, OutcomeMessage, Record, Recorded, SendLog, SendLogError};
+pub use log::{
+    Found, OutcomeMessage, Pending, Record, RecordWriter, Recorded, SendLog, SendLogError, Trigger,
+};
 pub use outcome::OutcomeEvents;
 pub use retry::{Interrupted, Retry, pause, until_ok};

@@ -75,6 +75,32 @@ type Lookup = ((Uuid, String), Reply<Option<Found>>);
 /// A stored send: event id, recipient, outcome, detail, message id.
 type SendRow = (Uuid, String, String, Option<String>, String);
 
+/// Writes a prepared send record when fired; fires at most once, from any thread. Dropped
+/// unfired (the message was not accepted), it writes nothing.
+#[derive(Clone)]
+pub struct Trigger(Arc<std::sync::Mutex<Option<PreparedRecord>>>);
+
+type PreparedRecord = (
+    Record,
+    Reply<Instant>,
+    mpsc::UnboundedSender<(Record, Reply<Instant>)>,
+);
+
+impl Trigger {
+    pub fn fire(&self) {
+        let prepared = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((record, reply, records)) = prepared {
+            // A stopped writer drops the reply: the waiter sees "stopped" and retries.
+            let _ = records.send((record, reply));
+        }
+    }
+}
+
+/// A prepared record's commit to wait for.
+pub struct Pending {
+    rx: oneshot::Receiver<Result<Instant, SendLogError>>,
+}
+
 #[derive(Clone)]
 pub struct SendLog {
     lookups: mpsc::UnboundedSender<Lookup>,
@@ -83,9 +109,37 @@ pub struct SendLog {
 }
 
 impl SendLog {
-    /// Starts the batching tasks over `table`; they end when every `SendLog` clone is
-    /// dropped. Outcome events go out through `outcomes`.
+    /// Starts the batching over `table` (the record writer on a thread of its own); it ends
+    /// when every `SendLog` clone is dropped. Outcome events go out through `outcomes`.
     pub fn new(pool: PgPool, table: &'static str, outcomes: Arc<Publisher>) -> Self {
+        let (log, writer) = Self::with_writer(pool, table, outcomes);
+        let spawned = std::thread::Builder::new()
+            .name(format!("{table}-writer"))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(writer),
+                    Err(e) => tracing::error!(error = %e, "send log writer runtime"),
+                }
+            });
+        if let Err(e) = spawned {
+            // Without a writer every record fails ("stopped") and its handler retries.
+            tracing::error!(error = %e, "starting the send log writer thread");
+        }
+        log
+    }
+
+    /// Like `new`, but the record writer is returned, to run on a runtime of the caller's
+    /// choosing — the one whose thread fires the triggers (the SMTP sessions'), so that a
+    /// trigger wakes a task on its own thread instead of another thread. It ends when every
+    /// `SendLog` clone and trigger is dropped.
+    pub fn with_writer(
+        pool: PgPool,
+        table: &'static str,
+        outcomes: Arc<Publisher>,
+    ) -> (Self, RecordWriter) {
         // Unbounded, and still bounded: every caller awaits its own answer before it asks
         // again, so each queue holds at most one entry per handler in flight — the consumer
         // loop's lanes (`*_LANES`), times the recipients an event has at once (one for
@@ -93,12 +147,63 @@ impl SendLog {
         let (lookups, lrx) = mpsc::unbounded_channel();
         let (records, rrx) = mpsc::unbounded_channel();
         tokio::spawn(lookup_batches(pool.clone(), table, lrx));
-        tokio::spawn(record_batches(pool, table, rrx));
-        Self {
-            lookups,
-            records,
-            outcomes,
-        }
+        // Its own connections, made on the runtime it runs on, that do not wait for the WAL
+        // flush at commit: a committed record is visible at once, so a dispatcher killed
+        // after the commit sends nothing twice, and only a crash of Postgres itself within
+        // its WAL writer's delay (~0.6 s) can lose records — which makes duplicates (the
+        // sends are redone), never losses. Waiting for the flush was most of the window.
+        let options = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .options([("synchronous_commit", "off")]);
+        let writer = Box::pin(async move {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(RECORD_WRITERS as u32)
+                .test_before_acquire(false)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect_lazy_with(options);
+            record_batches(pool, table, rrx).await;
+        });
+        (
+            Self {
+                lookups,
+                records,
+                outcomes,
+            },
+            writer,
+        )
+    }
+
+    /// A record of a sent message to write the moment the provider accepts it, from wherever
+    /// the acceptance is read (the SMTP session thread), not when the handler wakes up: see
+    /// [`Trigger`]. `wait` then publishes the outcome and waits for the commit. (`record`'s
+    /// `event` is not used: `wait` publishes the one built after the acceptance.)
+    pub fn prepare(&self, record: Record) -> (Trigger, Pending) {
+        let (tx, rx) = oneshot::channel();
+        let trigger = Trigger(Arc::new(std::sync::Mutex::new(Some((
+            record,
+            tx,
+            self.records.clone(),
+        )))));
+        (trigger, Pending { rx })
+    }
+
+    /// Publishes `event`, the prepared record's outcome, while the record is written; returns
+    /// the instant of the commit. Call it only once the trigger fired (the message was sent).
+    pub async fn wait(
+        &self,
+        pending: Pending,
+        event: &OutcomeMessage,
+    ) -> Result<Instant, SendLogError> {
+        let commit = async {
+            pending
+                .rx
+                .await
+                .map_err(|_| SendLogError("stopped".into()))?
+        };
+        let ((), committed) = tokio::try_join!(self.republish(event), commit)?;
+        Ok(committed)
     }
 
     pub async fn lookup(
@@ -210,6 +315,11 @@ async fn lookup_batches(
 /// crash window of a sent message.
 const RECORD_WRITERS: usize = 4;
 
+/// Writes the records: a future, so that it can run on a thread other than the lanes'. On
+/// the shared runtime a record waited for its turn behind hundreds of lane tasks, which was
+/// most of the crash window on a busy machine.
+pub type RecordWriter = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 async fn record_batches(
     pool: PgPool,
     table: &'static str,
@@ -233,6 +343,8 @@ async fn record_batches(
             }
         });
     }
+    // Let the batches in flight finish before the runtime goes.
+    let _ = writers.acquire_many(RECORD_WRITERS as u32).await;
 }
 
 async fn write_records(

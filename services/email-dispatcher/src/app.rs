@@ -96,15 +96,17 @@ impl Application {
             }
         }));
 
+        let (sends, record_writer) = SendLog::with_writer(pool, "email_sends", outcomes);
         let mailer = SmtpMailer::new(
             config.smtp.clone(),
             config.from.clone(),
             config.smtp_pool_size,
+            vec![record_writer],
         )?;
         let dispatch = Arc::new(Dispatch {
             message_id_domain: mailer.from_domain(),
             mailer,
-            sends: SendLog::new(pool, "email_sends", outcomes),
+            sends,
             links: Links {
                 customer_url: config.customer_url.clone(),
                 guest_url: config.guest_url.clone(),

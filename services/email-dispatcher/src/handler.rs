@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::mailer::{Mailer, OutgoingEmail, SendError};
 use crate::render::{Content, Lang, render};
 use tidings_delivery::{
-    Found, OutcomeEvents, Record, Recorded, Retry, SendLog, SendLogError, pause, until_ok,
+    Found, OutcomeEvents, Record, Recorded, Retry, SendLog, SendLogError, Trigger, pause, until_ok,
 };
 
 /// Where a reader continues: `{ticket_id}`, `{ticket_number}` and (guests) `{token}` are
@@ -198,48 +198,71 @@ impl<M: Mailer> Dispatch<M> {
             urgent: plan.kind == EmailKind::AccessCode,
         };
 
+        // The record of a sent message is written from the SMTP session thread the moment the
+        // server accepts (the trigger); a failure is recorded below, after its outcome.
+        let sent_outcome = DeliveryOutcome::Sent {
+            provider_message_id: message_id.clone(),
+        };
+        let sent_record = |event| Record {
+            event_id: update.event_id,
+            recipient: recipient.to_owned(),
+            kind,
+            message_id: message_id.clone(),
+            outcome: Recorded::Sent,
+            event,
+        };
+        let (trigger, pending) = self.sends.prepare(sent_record(self.outcomes.message(
+            update,
+            recipient,
+            kind,
+            &sent_outcome,
+            traceparent,
+        )));
         let started = Instant::now();
-        let sent = self.send_with_retry(&email).await?;
+        let sent = self.send_with_retry(&email, &trigger).await?;
+        drop(trigger);
         // Thousands of records wait for their outcome's acknowledgement at once; none needs
         // its email any more.
         drop(email);
         metrics::histogram!("tidings_email_send_seconds", "kind" => kind)
             .record(started.elapsed().as_secs_f64());
-        let accepted = match sent {
-            Sent::Ok(at) => Some(at),
-            Sent::Failed { .. } => None,
+        let (accepted, written, result) = match sent {
+            Sent::Ok(accepted) => {
+                let event =
+                    self.outcomes
+                        .message(update, recipient, kind, &sent_outcome, traceparent);
+                let written = match self.sends.wait(pending, &event).await {
+                    Ok(at) => at,
+                    // The first try failed (database, broker): retry the whole.
+                    Err(_) => {
+                        let record = sent_record(event);
+                        self.with_db_retry(|| self.sends.record(record.clone()))
+                            .await?
+                    }
+                };
+                (Some(accepted), written, Ok(()))
+            }
+            Sent::Failed { reason, permanent } => {
+                let event = self.outcomes.message(
+                    update,
+                    recipient,
+                    kind,
+                    &DeliveryOutcome::Failed {
+                        reason: reason.clone(),
+                        permanent,
+                    },
+                    traceparent,
+                );
+                let record = Record {
+                    outcome: Recorded::Failed(reason.clone()),
+                    ..sent_record(event)
+                };
+                let written = self
+                    .with_db_retry(|| self.sends.record(record.clone()))
+                    .await?;
+                (None, written, Err(Unhandled::DeadLetter(reason)))
+            }
         };
-        let (recorded, outcome, result) = match sent {
-            Sent::Ok(_) => (
-                Recorded::Sent,
-                DeliveryOutcome::Sent {
-                    provider_message_id: message_id.clone(),
-                },
-                Ok(()),
-            ),
-            Sent::Failed { reason, permanent } => (
-                Recorded::Failed(reason.clone()),
-                DeliveryOutcome::Failed {
-                    reason: reason.clone(),
-                    permanent,
-                },
-                Err(Unhandled::DeadLetter(reason)),
-            ),
-        };
-        let event = self
-            .outcomes
-            .message(update, recipient, kind, &outcome, traceparent);
-        let record = Record {
-            event_id: update.event_id,
-            recipient: recipient.to_owned(),
-            kind,
-            message_id,
-            outcome: recorded,
-            event,
-        };
-        let written = self
-            .with_db_retry(|| self.sends.record(record.clone()))
-            .await?;
         let label = if let Some(accepted) = accepted {
             // The crash window: a dispatcher killed between the server's acceptance and the
             // record's commit mails the message again after its restart.
@@ -257,11 +280,15 @@ impl<M: Mailer> Dispatch<M> {
         result
     }
 
-    async fn send_with_retry(&self, email: &OutgoingEmail) -> Result<Sent, Unhandled> {
+    async fn send_with_retry(
+        &self,
+        email: &OutgoingEmail,
+        on_accept: &Trigger,
+    ) -> Result<Sent, Unhandled> {
         let first = Instant::now();
         let mut backoff = self.retry.first;
         loop {
-            match self.mailer.send(email).await {
+            match self.mailer.send(email, Some(on_accept)).await {
                 Ok(accepted) => return Ok(Sent::Ok(accepted)),
                 Err(SendError::Permanent(reason)) => {
                     return Ok(Sent::Failed {

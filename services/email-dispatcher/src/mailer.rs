@@ -9,6 +9,7 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tidings_delivery::{RecordWriter, Trigger};
 use tokio::sync::oneshot;
 
 use crate::compose;
@@ -46,10 +47,13 @@ pub enum SendError {
 
 pub trait Mailer: Send + Sync + 'static {
     /// Sends one message; `Ok` carries the instant the server accepted it (the start of the
-    /// crash window, taken where the reply is read, not where the caller wakes up).
+    /// crash window, taken where the reply is read, not where the caller wakes up), when
+    /// `on_accept` has also fired, there: the send record is on its way before the caller
+    /// knows.
     fn send(
         &self,
         email: &OutgoingEmail,
+        on_accept: Option<&Trigger>,
     ) -> impl Future<Output = Result<std::time::Instant, SendError>> + Send;
 }
 
@@ -259,12 +263,16 @@ struct Job {
     /// `tidings_email_bytes_total`.
     size: usize,
     reply: oneshot::Sender<Result<std::time::Instant, SendError>>,
+    on_accept: Option<Trigger>,
 }
 
 impl Job {
     fn finish(self, result: Result<(), SendError>) {
         let accepted = std::time::Instant::now();
         if result.is_ok() {
+            if let Some(trigger) = &self.on_accept {
+                trigger.fire();
+            }
             metrics::counter!("tidings_email_bytes_total").increment(self.size as u64);
         }
         // The sender stopped waiting only at shutdown; nothing is left to tell.
@@ -478,9 +486,15 @@ pub enum SmtpSetupError {
 }
 
 impl SmtpMailer {
-    /// Starts the session workers on a thread of their own; they stop when the mailer is
+    /// Starts the session workers on a thread of their own, with `beside` (the send log's
+    /// record writer, which the sessions' acceptances trigger); they stop when the mailer is
     /// dropped.
-    pub fn new(endpoint: Endpoint, from: Mailbox, pool_size: u32) -> Result<Self, SmtpSetupError> {
+    pub fn new(
+        endpoint: Endpoint,
+        from: Mailbox,
+        pool_size: u32,
+        beside: Vec<RecordWriter>,
+    ) -> Result<Self, SmtpSetupError> {
         let endpoint = Arc::new(endpoint);
         let eight_bit = Arc::new(AtomicBool::new(false));
         // The session workers run on a thread of their own. On the shared runtime a server's
@@ -507,6 +521,9 @@ impl SmtpMailer {
         };
         let notifications = pool(pool_size as usize);
         let urgent = pool(URGENT_SESSIONS);
+        for task in beside {
+            runtime.spawn(task);
+        }
         // Ends once every worker has: when the mailer, and with it the queues, is dropped.
         std::thread::Builder::new()
             .name("smtp-sessions".into())
@@ -534,7 +551,11 @@ impl SmtpMailer {
 }
 
 impl Mailer for SmtpMailer {
-    async fn send(&self, email: &OutgoingEmail) -> Result<std::time::Instant, SendError> {
+    async fn send(
+        &self,
+        email: &OutgoingEmail,
+        on_accept: Option<&Trigger>,
+    ) -> Result<std::time::Instant, SendError> {
         let to: lettre::Address = email.to.parse().map_err(|err| {
             SendError::Permanent(format!("invalid recipient {:?}: {err}", email.to))
         })?;
@@ -560,6 +581,7 @@ impl Mailer for SmtpMailer {
                 size: data.len() - compose::END_MARK.len(),
                 data,
                 reply,
+                on_accept: on_accept.cloned(),
             })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?

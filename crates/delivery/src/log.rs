@@ -109,36 +109,18 @@ pub struct SendLog {
 }
 
 impl SendLog {
-    /// Starts the batching over `table` (the record writer on a thread of its own); it ends
-    /// when every `SendLog` clone is dropped. Outcome events go out through `outcomes`.
-    pub fn new(pool: PgPool, table: &'static str, outcomes: Arc<Publisher>) -> Self {
-        let (log, writer) = Self::with_writer(pool, table, outcomes);
-        let spawned = std::thread::Builder::new()
-            .name(format!("{table}-writer"))
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(writer),
-                    Err(e) => tracing::error!(error = %e, "send log writer runtime"),
-                }
-            });
-        if let Err(e) = spawned {
-            // Without a writer every record fails ("stopped") and its handler retries.
-            tracing::error!(error = %e, "starting the send log writer thread");
-        }
-        log
-    }
-
-    /// Like `new`, but the record writer is returned, to run on a runtime of the caller's
-    /// choosing — the one whose thread fires the triggers (the SMTP sessions'), so that a
-    /// trigger wakes a task on its own thread instead of another thread. It ends when every
-    /// `SendLog` clone and trigger is dropped.
-    pub fn with_writer(
+    /// The send log over `table`, and its record writer, to run on a runtime of the caller's
+    /// choosing: the one whose thread fires the triggers (the SMTP sessions'), so that a
+    /// trigger wakes a task on its own thread rather than signal another one. `writers`
+    /// batches are written at once: a record waits for a free writer rather than for the
+    /// batch before it, so it commits about one write after it was queued — the crash window
+    /// of a sent message. The writer ends when every `SendLog` clone and trigger is dropped.
+    /// Outcome events go out through `outcomes`.
+    pub fn new(
         pool: PgPool,
         table: &'static str,
         outcomes: Arc<Publisher>,
+        writers: usize,
     ) -> (Self, RecordWriter) {
         // Unbounded, and still bounded: every caller awaits its own answer before it asks
         // again, so each queue holds at most one entry per handler in flight — the consumer
@@ -159,11 +141,11 @@ impl SendLog {
             .options([("synchronous_commit", "off")]);
         let writer = Box::pin(async move {
             let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(RECORD_WRITERS as u32)
+                .max_connections(writers.max(1) as u32)
                 .test_before_acquire(false)
                 .acquire_timeout(std::time::Duration::from_secs(5))
                 .connect_lazy_with(options);
-            record_batches(pool, table, rrx).await;
+            record_batches(pool, table, rrx, writers.max(1)).await;
         });
         (
             Self {
@@ -310,11 +292,6 @@ async fn lookup_batches(
     }
 }
 
-/// Record batches written at once. A record waits for a free writer rather than for the
-/// batch before it, so it commits about one write after it was asked for: that write is the
-/// crash window of a sent message.
-const RECORD_WRITERS: usize = 4;
-
 /// Writes the records: a future, so that it can run on a thread other than the lanes'. On
 /// the shared runtime a record waited for its turn behind hundreds of lane tasks, which was
 /// most of the crash window on a busy machine.
@@ -324,8 +301,10 @@ async fn record_batches(
     pool: PgPool,
     table: &'static str,
     mut rx: mpsc::UnboundedReceiver<(Record, Reply<Instant>)>,
+    writers: usize,
 ) {
-    let writers = Arc::new(tokio::sync::Semaphore::new(RECORD_WRITERS));
+    let in_flight = writers;
+    let writers = Arc::new(tokio::sync::Semaphore::new(writers));
     let mut previous = 0;
     while let Some(batch) = next_batch(&mut rx, previous).await {
         previous = batch.len();
@@ -344,7 +323,7 @@ async fn record_batches(
         });
     }
     // Let the batches in flight finish before the runtime goes.
-    let _ = writers.acquire_many(RECORD_WRITERS as u32).await;
+    let _ = writers.acquire_many(in_flight as u32).await;
 }
 
 async fn write_records(

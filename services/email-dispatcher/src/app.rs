@@ -19,6 +19,10 @@ use tidings_proto::events::v1::Channel;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Send-record batches written at once, on the SMTP session thread. With one, records queued
+/// behind the batch in flight: crash window p99 <= 100 ms in the benchmark; with four <= 10.
+const RECORD_WRITERS: usize = 4;
+
 /// Lanes of the access-codes consumer, at most.
 const CODE_LANES: usize = 64;
 
@@ -96,7 +100,7 @@ impl Application {
             }
         }));
 
-        let (sends, record_writer) = SendLog::with_writer(pool, "email_sends", outcomes);
+        let (sends, record_writer) = SendLog::new(pool, "email_sends", outcomes, RECORD_WRITERS);
         let mailer = SmtpMailer::new(
             config.smtp.clone(),
             config.from.clone(),

@@ -447,18 +447,20 @@ where
     rows.iter()
         .map(|r| {
             let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+            // `try_get`: a row that surprises is a `Corrupt` ticket, never a panic.
+            let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
             Ok(StoredEvent {
-                event_id: r.get("event_id"),
-                sequence: r.get::<i64, _>("sequence") as u64,
-                occurred_at: r.get("occurred_at"),
-                actor: serde_json::from_value(r.get("actor")).map_err(corrupt)?,
+                event_id: r.try_get("event_id").map_err(get)?,
+                sequence: r.try_get::<i64, _>("sequence").map_err(get)? as u64,
+                occurred_at: r.try_get("occurred_at").map_err(get)?,
+                actor: serde_json::from_value(r.try_get("actor").map_err(get)?).map_err(corrupt)?,
                 event: serde_json::from_value(upcast(
-                    r.get("event_type"),
-                    r.get("schema_version"),
-                    r.get("payload"),
+                    r.try_get("event_type").map_err(get)?,
+                    r.try_get("schema_version").map_err(get)?,
+                    r.try_get("payload").map_err(get)?,
                 )?)
                 .map_err(corrupt)?,
-                traceparent: r.get("traceparent"),
+                traceparent: r.try_get("traceparent").map_err(get)?,
             })
         })
         .collect()
@@ -466,15 +468,19 @@ where
 
 fn summary_from_row(r: &sqlx::postgres::PgRow) -> Result<TicketSummary> {
     let corrupt = |e: String| StoreError::Corrupt(e);
+    let get = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
     Ok(TicketSummary {
-        id: TicketId::from_uuid(r.get("ticket_id")),
-        number: TicketNumber::parse(r.get("ticket_number")).map_err(|e| corrupt(e.to_string()))?,
-        requester: serde_json::from_value(r.get("requester"))
+        id: TicketId::from_uuid(r.try_get("ticket_id").map_err(get)?),
+        number: TicketNumber::parse(r.try_get("ticket_number").map_err(get)?)
             .map_err(|e| corrupt(e.to_string()))?,
-        subject: Subject::parse(r.get("subject")).map_err(|e| corrupt(e.to_string()))?,
-        status: TicketStatus::parse(r.get("status")).map_err(|e| corrupt(e.to_string()))?,
-        created_at: r.get("created_at"),
-        last_activity_at: r.get("last_activity_at"),
+        requester: serde_json::from_value(r.try_get("requester").map_err(get)?)
+            .map_err(|e| corrupt(e.to_string()))?,
+        subject: Subject::parse(r.try_get("subject").map_err(get)?)
+            .map_err(|e| corrupt(e.to_string()))?,
+        status: TicketStatus::parse(r.try_get("status").map_err(get)?)
+            .map_err(|e| corrupt(e.to_string()))?,
+        created_at: r.try_get("created_at").map_err(get)?,
+        last_activity_at: r.try_get("last_activity_at").map_err(get)?,
     })
 }
 

@@ -34,22 +34,28 @@ fn platform_from(raw: &str) -> Platform {
     }
 }
 
-fn device_from(r: &sqlx::postgres::PgRow) -> Option<Device> {
-    let platform = platform_from(r.get::<&str, _>("platform"));
-    Some(Device {
-        id: r.get("device_id"),
+/// A device row, read with `try_get`: a surprise (a NULL, a type) is an error for the caller
+/// to handle, never a panic in a lane. A stored token that no longer parses is skipped
+/// (`None`): such a device cannot be pushed to.
+fn device_from(r: &sqlx::postgres::PgRow) -> Result<Option<Device>, sqlx::Error> {
+    let platform = platform_from(r.try_get::<&str, _>("platform")?);
+    let Ok(token) = DeviceToken::parse(platform, r.try_get("token")?) else {
+        return Ok(None);
+    };
+    Ok(Some(Device {
+        id: r.try_get("device_id")?,
         platform,
-        token: DeviceToken::parse(platform, r.get("token")).ok()?,
-        app_id: r.get("app_id"),
-        locale: Locale::parse(r.get("locale")).unwrap_or_else(|_| Locale::english()),
-    })
+        token,
+        app_id: r.try_get("app_id")?,
+        locale: Locale::parse(r.try_get("locale")?).unwrap_or_else(|_| Locale::english()),
+    }))
 }
 
-fn preferences_from(r: &sqlx::postgres::PgRow) -> Preferences {
+fn preferences_from(r: &sqlx::postgres::PgRow) -> Result<Preferences, sqlx::Error> {
     let quiet = match (
-        r.get::<Option<NaiveTime>, _>("quiet_start"),
-        r.get::<Option<NaiveTime>, _>("quiet_end"),
-        r.get::<Option<String>, _>("time_zone"),
+        r.try_get::<Option<NaiveTime>, _>("quiet_start")?,
+        r.try_get::<Option<NaiveTime>, _>("quiet_end")?,
+        r.try_get::<Option<String>, _>("time_zone")?,
     ) {
         (Some(start), Some(end), Some(tz)) => tz.parse().ok().map(|time_zone| QuietHours {
             start,
@@ -58,13 +64,13 @@ fn preferences_from(r: &sqlx::postgres::PgRow) -> Preferences {
         }),
         _ => None,
     };
-    Preferences {
-        enabled: r.get("push_enabled"),
-        agent_replies: r.get("agent_replies"),
-        info_requests: r.get("info_requests"),
-        resolutions: r.get("resolutions"),
+    Ok(Preferences {
+        enabled: r.try_get("push_enabled")?,
+        agent_replies: r.try_get("agent_replies")?,
+        info_requests: r.try_get("info_requests")?,
+        resolutions: r.try_get("resolutions")?,
         quiet_hours: quiet,
-    }
+    })
 }
 
 impl Registry {
@@ -98,9 +104,9 @@ impl Registry {
         .bind(locale.as_str())
         .fetch_one(&self.pool)
         .await?;
-        let device = device_from(&row)
+        let device = device_from(&row)?
             .ok_or_else(|| sqlx::Error::Protocol("stored token is invalid".into()))?;
-        Ok((device, row.get("registered_at")))
+        Ok((device, row.try_get("registered_at")?))
     }
 
     /// Removes one of `account`'s devices by id or token; false if it had no such device.
@@ -131,10 +137,13 @@ impl Registry {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| Some((device_from(r)?, r.get("registered_at"))))
-            .collect())
+        let mut devices = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if let Some(device) = device_from(r)? {
+                devices.push((device, r.try_get("registered_at")?));
+            }
+        }
+        Ok(devices)
     }
 
     /// A provider said the token is gone: the device moves to `removed_devices` (where
@@ -218,7 +227,10 @@ impl Registry {
         .bind(device_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().and_then(device_from))
+        Ok(match &row {
+            Some(r) => device_from(r)?,
+            None => None,
+        })
     }
 
     pub async fn preferences(&self, account: &str) -> Result<Preferences, sqlx::Error> {
@@ -230,7 +242,10 @@ impl Registry {
         .bind(account)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(preferences_from).unwrap_or_default())
+        match &row {
+            Some(r) => preferences_from(r),
+            None => Ok(Preferences::default()),
+        }
     }
 
     pub async fn set_preferences(&self, account: &str, p: &Preferences) -> Result<(), sqlx::Error> {
@@ -274,16 +289,20 @@ impl Registry {
         .bind(account)
         .fetch_all(&self.pool)
         .await?;
-        let prefs = rows
-            .first()
-            .filter(|r| r.get::<Option<bool>, _>("push_enabled").is_some())
-            .map(preferences_from)
-            .unwrap_or_default();
-        let devices = rows
-            .iter()
-            .filter(|r| r.get::<Option<Uuid>, _>("device_id").is_some())
-            .filter_map(device_from)
-            .collect();
+        let prefs = match rows.first() {
+            Some(r) if r.try_get::<Option<bool>, _>("push_enabled")?.is_some() => {
+                preferences_from(r)?
+            }
+            _ => Preferences::default(),
+        };
+        let mut devices = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if r.try_get::<Option<Uuid>, _>("device_id")?.is_some()
+                && let Some(device) = device_from(r)?
+            {
+                devices.push(device);
+            }
+        }
         Ok((devices, prefs))
     }
 

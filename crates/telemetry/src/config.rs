@@ -9,6 +9,35 @@ use secrecy::SecretString;
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
 
+/// For configuration tests: loads a configuration from `vars` plus a database URL and Kafka
+/// properties that carry passwords, and asserts that its `Debug` output shows none of
+/// `secrets` nor those passwords.
+pub fn assert_debug_hides_secrets<T: std::fmt::Debug>(
+    load: impl FnOnce(Env<Box<dyn Fn(&str) -> Option<String>>>) -> Result<T, ConfigError>,
+    vars: &[(&str, &str)],
+    secrets: &[&str],
+) {
+    let mut all: std::collections::HashMap<String, String> = [
+        ("DATABASE_URL", "postgres://app:db-pass-1@db/tidings"),
+        ("KAFKA_BROKERS", "127.0.0.1:9092"),
+        (
+            "TIDINGS_KAFKA_PROPERTIES",
+            "security.protocol=SASL_SSL;sasl.username=u;sasl.password=sasl-pass-2",
+        ),
+    ]
+    .into_iter()
+    .chain(vars.iter().copied())
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    all.retain(|_, v| !v.is_empty());
+    let config = load(Env::with_lookup(Box::new(move |k| all.get(k).cloned())))
+        .expect("the test configuration is valid");
+    let shown = format!("{config:?}");
+    for secret in ["db-pass-1", "sasl-pass-2"].iter().chain(secrets) {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}
+
 /// Collects values and errors; `finish` fails with all errors at once.
 pub struct Env<F: Fn(&str) -> Option<String>> {
     lookup: F,

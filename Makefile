@@ -42,6 +42,12 @@ test: ## start the stack, then run every test (unit + integration)
 	@psql "$(TEST_DB)" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 't\_%'" | PGOPTIONS='-c client_min_messages=warning' psql "$(TEST_DB)" -q >/dev/null
 	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) cargo nextest run --workspace --no-fail-fast
 
+.PHONY: chaos
+chaos: ## faults under steady load for CHAOS_SECONDS (120): counts lost and duplicated notifications
+	@TIDINGS_DEV_KAFKA_STORAGE=$${TIDINGS_DEV_KAFKA_STORAGE:-memory} $(STACK) up
+	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) TIDINGS_CHAOS_SECONDS=$${CHAOS_SECONDS:-120} \
+		cargo nextest run -p tidings-tests --no-capture -E 'binary(chaos)' 2>&1 | grep -E '^chaos|^ +(PASS|FAIL) \[|panicked'
+
 .PHONY: bench
 bench: up ## benchmarks against the real stack (see README, Performance); BENCH=ticket|email|push for one
 	eval "$$($(STACK) env)"; for b in $${BENCH:-ticket email push}; do bench/$$b.sh || exit 1; done

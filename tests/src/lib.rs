@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod mail;
+pub mod pipeline;
 pub mod push;
 
 use std::collections::{HashMap, HashSet};

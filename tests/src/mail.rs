@@ -190,10 +190,14 @@ impl PrivateMailDev {
 pub struct Accepted {
     pub rcpt: Vec<String>,
     pub data: String,
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
 struct DoubleState {
+    /// While set, every transaction gets `421` and the session is closed (a server going
+    /// down for maintenance).
+    unavailable: bool,
     accepted: Vec<Accepted>,
     sessions: usize,
     /// MAIL commands that arrived together with the commands after them (RFC 2920).
@@ -254,6 +258,11 @@ impl SmtpDouble {
             .filter(|m| m.rcpt.iter().any(|r| r.eq_ignore_ascii_case(address)))
             .collect()
     }
+
+    /// Answers every new transaction with `421` (and closes the session) while `down`.
+    pub fn set_unavailable(&self, down: bool) {
+        self.state.lock().unwrap().unavailable = down;
+    }
 }
 
 async fn session(
@@ -281,6 +290,11 @@ async fn session(
             b"250-smtp-double\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             b"250 ok\r\n"
+        } else if upper.starts_with("MAIL FROM") && state.lock().unwrap().unavailable {
+            let _ = w
+                .write_all(b"421 4.3.2 service not available, closing\r\n")
+                .await;
+            return;
         } else if upper.starts_with("MAIL FROM") || upper.starts_with("RSET") {
             if !lines.buffer().is_empty() {
                 state.lock().unwrap().pipelined += 1;
@@ -322,6 +336,7 @@ async fn session(
             state.lock().unwrap().accepted.push(Accepted {
                 rcpt: std::mem::take(&mut rcpt),
                 data,
+                at: std::time::Instant::now(),
             });
             b"250 accepted\r\n"
         } else if upper.starts_with("QUIT") {
@@ -474,9 +489,9 @@ impl TestDispatcher {
             .expect("count query")
     }
 
-    /// The number of sends recorded as sent, once it has reached `n`. A send is recorded
-    /// after its outcome event is acknowledged, so shortly after the mail arrives; more than
-    /// `n` fails the caller's assertion rather than the wait.
+    /// The number of sends recorded as sent, once it has reached `n`. A send is recorded as
+    /// the server accepts it, so within milliseconds of the mail's arrival; more than `n`
+    /// fails the caller's assertion rather than the wait.
     pub async fn sent_records(&self, n: i64) -> i64 {
         let sql = "SELECT count(*) FROM email_sends WHERE outcome = 'sent'";
         crate::eventually(
@@ -485,5 +500,46 @@ impl TestDispatcher {
             || async { Some(self.count(sql).await).filter(|&c| c >= n) },
         )
         .await
+    }
+}
+
+/// An email dispatcher on a runtime of its own, so that a test can crash it: `crash` drops
+/// every task at its next await point, with nothing committed or finished — what a `kill -9`
+/// leaves behind, except that librdkafka still leaves the group.
+pub struct CrashableDispatcher {
+    runtime: Option<tokio::runtime::Runtime>,
+    pub dispatcher: TestDispatcher,
+}
+
+impl CrashableDispatcher {
+    pub async fn start(o: DispatcherOptions) -> Self {
+        let (runtime, dispatcher) = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("dispatcher runtime");
+            let dispatcher = runtime.block_on(spawn_dispatcher(o));
+            (runtime, dispatcher)
+        })
+        .await
+        .expect("dispatcher starts");
+        Self {
+            runtime: Some(runtime),
+            dispatcher,
+        }
+    }
+
+    /// Stops it at once (see the type).
+    pub fn crash(self) {
+        drop(self);
+    }
+}
+
+impl Drop for CrashableDispatcher {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }

@@ -540,12 +540,17 @@ async fn the_read_model_rebuilt_from_events_matches_the_live_one() {
         .await
         .unwrap();
     // The write path's snapshots must equal what replaying the events gives.
-    let snapshot = "SELECT string_agg(ticket_id::text || status || version::text || last_activity_at::text || snapshot::text, ',' ORDER BY ticket_id) FROM tickets";
+    let snapshot = "SELECT string_agg(ticket_id::text || ticket_number::text || subject || requester::text || status || version::text || created_at::text || last_activity_at::text || snapshot::text, ',' ORDER BY ticket_id) FROM tickets";
     let before: String = sqlx::query_scalar(snapshot)
         .fetch_one(&app.pool)
         .await
         .unwrap();
     app.stop().await;
+    // A damaged row is repaired from the events.
+    sqlx::query("UPDATE tickets SET subject = 'damaged', ticket_number = ticket_number + 1000, created_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let store = tidings_store::EventStore::new(app.pool.clone());
     assert_eq!(store.rebuild_read_model().await.unwrap(), 2);
     let after: String = sqlx::query_scalar(snapshot)

@@ -333,7 +333,11 @@ async fn write_records(
 ) -> Result<(), SendLogError> {
     let mut seen = HashSet::new();
     let mut cols = RecordColumns::default();
-    for (r, _) in batch {
+    // In key order: two batches in flight that share keys (a redelivery's twin) then lock
+    // them in the same order and cannot deadlock.
+    let mut sorted: Vec<&Record> = batch.iter().map(|(r, _)| r).collect();
+    sorted.sort_by(|a, b| (a.event_id, &a.recipient).cmp(&(b.event_id, &b.recipient)));
+    for r in sorted {
         // A key twice in one batch (redelivery overlap) is written once.
         if !seen.insert((r.event_id, r.recipient.as_str())) {
             continue;

@@ -359,9 +359,18 @@ impl EventStore {
                 .await?;
             let id = TicketId::from_uuid(id);
             let history = load_events(&mut *tx, id).await?;
-            if let Some(t) = rebuild(id, &history) {
-                upsert_summary(&mut tx, &t).await?;
-                n += 1;
+            // Every column from the events: the rebuild repairs a damaged row.
+            match rebuild(id, &history) {
+                Some(t) => {
+                    upsert_summary(&mut tx, &t).await?;
+                    n += 1;
+                }
+                None => {
+                    sqlx::query("DELETE FROM tickets WHERE ticket_id = $1")
+                        .bind(id.as_uuid())
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
         }
@@ -495,9 +504,11 @@ async fn upsert_summary(tx: &mut Transaction<'static, Postgres>, t: &Ticket) -> 
         "INSERT INTO tickets (ticket_id, ticket_number, requester, requester_account_id, subject, status,
                               created_at, last_activity_at, version, snapshot)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (ticket_id) DO UPDATE SET status = EXCLUDED.status,
-             last_activity_at = EXCLUDED.last_activity_at, version = EXCLUDED.version,
-             snapshot = EXCLUDED.snapshot",
+         ON CONFLICT (ticket_id) DO UPDATE SET ticket_number = EXCLUDED.ticket_number,
+             requester = EXCLUDED.requester, requester_account_id = EXCLUDED.requester_account_id,
+             subject = EXCLUDED.subject, status = EXCLUDED.status,
+             created_at = EXCLUDED.created_at, last_activity_at = EXCLUDED.last_activity_at,
+             version = EXCLUDED.version, snapshot = EXCLUDED.snapshot",
     )
     .bind(t.id.as_uuid())
     .bind(t.number.get())

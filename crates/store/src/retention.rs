@@ -39,7 +39,10 @@ pub async fn prune(pool: &PgPool, rule: &Rule) -> Result<u64, sqlx::Error> {
         table = rule.table,
         column = rule.column,
     );
-    let cutoff = Utc::now() - rule.keep;
+    // A retention too long to subtract keeps everything.
+    let Some(cutoff) = Utc::now().checked_sub_signed(rule.keep) else {
+        return Ok(0);
+    };
     let mut total = 0;
     loop {
         let n = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))

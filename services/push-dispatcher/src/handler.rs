@@ -238,16 +238,23 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
                              credentials; restore with push-dispatcher restore-devices)"
                         );
                         tracing::error!(device_id = %device.id, %reason, "invalidation spike: device kept");
-                        (
-                            Recorded::Failed(reason.clone()),
-                            DeliveryOutcome::Failed {
+                        // No send record: once the configuration is fixed and the devices
+                        // restored, replaying the dead letter must push.
+                        let event = self.outcomes.message(
+                            update,
+                            &recipient,
+                            kind.name(),
+                            &DeliveryOutcome::Failed {
                                 reason: reason.clone(),
-                                permanent: true,
+                                permanent: false,
                             },
-                            String::new(),
-                            Err(Unhandled::DeadLetter(reason)),
-                            "failed",
-                        )
+                            traceparent,
+                        );
+                        self.db("outcome event", || self.sends.republish(&event))
+                            .await?;
+                        metrics::counter!("tidings_pushes_total", "platform" => platform, "outcome" => "failed")
+                            .increment(1);
+                        return Err(Unhandled::DeadLetter(reason));
                     }
                 }
             }
@@ -401,7 +408,26 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
     }
 
     async fn release_one(&self, held: &Held) -> Result<(), Unhandled> {
-        let verdict = async {
+        use futures::FutureExt as _;
+        let verdict = std::panic::AssertUnwindSafe(self.release_one_inner(held))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(Unhandled::DeadLetter(format!(
+                    "releasing panicked: {}",
+                    tidings_telemetry::panic_message(panic.as_ref())
+                )))
+            });
+        match verdict {
+            Err(Unhandled::DeadLetter(reason)) => self.dead_letter(held, &reason).await,
+            other => other,
+        }
+    }
+
+    /// A panic here dead-letters the hold instead of stopping the release loop (which would
+    /// meet the same hold after the restart).
+    async fn release_one_inner(&self, held: &Held) -> Result<(), Unhandled> {
+        async {
             let kind = held
                 .kind
                 .clone()
@@ -423,11 +449,7 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
                 Err(_) => Err(Unhandled::Interrupted),
             }
         }
-        .await;
-        match verdict {
-            Err(Unhandled::DeadLetter(reason)) => self.dead_letter(held, &reason).await,
-            other => other,
-        }
+        .await
     }
 
     /// Publishes a hold that can never be sent to the dead-letter topic, with the reason and
@@ -493,8 +515,9 @@ pub async fn release_held_pushes<A: Transport, F: Transport>(
 ) {
     loop {
         match dispatch.release_due().await {
-            // A full batch: there may be more due right away.
-            Ok(HOLD_BATCH) => continue,
+            // A full batch: there may be more due right away (not when stopping: what was
+            // left is due again at once, and would be claimed again and again).
+            Ok(HOLD_BATCH) if !dispatch.shutdown.is_cancelled() => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "releasing held pushes failed"),
         }

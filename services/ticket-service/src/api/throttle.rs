@@ -11,10 +11,14 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::error::ApiError;
 
+/// Calls between two sweeps of full buckets.
+const RETAIN_EVERY: u64 = 10_000;
+
 pub struct GuestOpenLimits {
     by_client: DefaultKeyedRateLimiter<IpAddr>,
     by_email: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
+    checks: std::sync::atomic::AtomicU64,
 }
 
 impl GuestOpenLimits {
@@ -24,6 +28,7 @@ impl GuestOpenLimits {
             by_client: RateLimiter::keyed(Quota::per_hour(per_client)),
             by_email: RateLimiter::keyed(Quota::per_hour(per_email)),
             clock: DefaultClock::default(),
+            checks: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -44,11 +49,14 @@ impl GuestOpenLimits {
                 not_until.wait_time_from(self.clock.now()),
             ));
         }
-        // Keys whose buckets are full again hold no information: drop them now and then.
-        if self.by_email.len() > 100_000 {
+        // Keys whose buckets are full again hold no information: drop them every so many
+        // calls (a scan of all keys, so never on every call).
+        if self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(RETAIN_EVERY)
+        {
             self.by_email.retain_recent();
-        }
-        if self.by_client.len() > 100_000 {
             self.by_client.retain_recent();
         }
         Ok(())

@@ -139,3 +139,33 @@ async fn a_graceful_stop_publishes_what_was_written_and_closes_the_port() {
         "the gRPC port is closed after stop"
     );
 }
+
+#[tokio::test]
+async fn a_taken_port_fails_the_start_before_anything_is_migrated() {
+    let first = spawn_app().await;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let config = config_with(
+        &schema,
+        &first.topic,
+        &first.codes_topic,
+        &first.brokers,
+        vec![("TIDINGS_GRPC_ADDR", first.addr.to_string())],
+    );
+    let err = ticket_service::Application::build(
+        config,
+        std::sync::Arc::new(tidings_domain::clock::ManualClock::new(chrono::Utc::now())),
+    )
+    .await
+    .err()
+    .expect("a taken gRPC port fails the start");
+    assert!(format!("{err:#}").contains("binding"), "{err:#}");
+    let migrated: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&schema)
+        .fetch_one(&first.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        migrated, 0,
+        "no schema created for a service that did not start"
+    );
+}

@@ -38,9 +38,23 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects, migrates, creates topics (best effort: a broker outage must not stop the
-    /// service taking writes), binds the listeners and starts serving.
+    /// Binds the listeners, connects, migrates, creates topics (best effort: a broker outage
+    /// must not stop the service taking writes) and starts serving.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // Bind first: a port that is taken must fail the start before anything is migrated
+        // or relayed. Until `build` returns, the guard stops what has been spawned.
+        let shutdown = CancellationToken::new();
+        let started = shutdown.clone().drop_guard();
+        let listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding {}", config.grpc_addr))?;
+        let grpc_addr = listener.local_addr()?;
+        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
+            .await
+            .context("binding the admin endpoint")?;
+        let admin_addr = admin.as_ref().map(|(a, _)| *a);
+        let admin = admin.map(|(_, t)| t);
+
         let pool = tidings_store::connect(
             config.database_url.expose_secret(),
             config.db_schema.as_deref(),
@@ -77,7 +91,6 @@ impl Application {
             ce_source: config.ce_source.clone(),
         });
 
-        let shutdown = CancellationToken::new();
         let relay = OutboxRelay::new(
             pool.clone(),
             config.kafka.clone(),
@@ -128,10 +141,6 @@ impl Application {
             .build_v1()
             .context("building reflection service")?;
 
-        let listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .with_context(|| format!("binding {}", config.grpc_addr))?;
-        let grpc_addr = listener.local_addr()?;
         let ticket_api = TicketApi {
             exec: exec.clone(),
             auth,
@@ -159,11 +168,7 @@ impl Application {
                 ),
         );
 
-        let admin = tidings_telemetry::spawn_admin(config.admin_addr, shutdown.clone())
-            .await
-            .context("binding the admin endpoint")?;
-        let admin_addr = admin.as_ref().map(|(a, _)| *a);
-        let admin = admin.map(|(_, t)| t);
+        started.disarm();
         tracing::info!(grpc = %grpc_addr, admin = ?admin_addr, "ticket service listening");
         Ok(Self {
             grpc_addr,

@@ -134,7 +134,7 @@ impl Application {
             }
         }));
 
-        let registry = Registry::new(pool.clone());
+        let registry = Registry::new(pool.clone()).with_hold_lease(config.hold_lease);
         let dispatch = Arc::new(Dispatch {
             apns,
             fcm,

@@ -39,6 +39,8 @@ pub struct Config {
     pub provider_timeout: Duration,
     pub retry: Retry,
     pub hold_poll: Duration,
+    /// How long a claim of held pushes lasts unless its claimer renews it.
+    pub hold_lease: Duration,
     pub invalidation_guard: InvalidationGuard,
     /// How long send records and resolutions are kept (at least the ticket topic's retention).
     pub retention: Duration,
@@ -120,6 +122,8 @@ impl Config {
             give_up_after: Duration::from_secs(env.parse("TIDINGS_PUSH_GIVE_UP_SECS", 300u64)),
         };
         let hold_poll = Duration::from_millis(env.parse("TIDINGS_PUSH_HOLD_POLL_MS", 1000u64));
+        let hold_lease =
+            Duration::from_secs(env.parse("TIDINGS_PUSH_HOLD_LEASE_SECS", 60u64).max(1));
         let invalidation_guard = InvalidationGuard {
             floor: env.parse("TIDINGS_PUSH_INVALIDATIONS_PER_HOUR", 100u64),
             share: env.parse("TIDINGS_PUSH_INVALIDATIONS_SHARE_PER_HOUR", 0.01f64),
@@ -160,6 +164,7 @@ impl Config {
             provider_timeout,
             retry,
             hold_poll,
+            hold_lease,
             invalidation_guard,
             retention,
             prune_interval,

@@ -383,10 +383,22 @@ impl<A: Transport, F: Transport> Dispatch<A, F> {
             .iter()
             .map(|held| async move { (held.id, self.release_one(held).await) })
             .collect();
-        let verdicts: Vec<(i64, Result<(), Unhandled>)> = futures::stream::iter(releases)
+        let work = futures::stream::iter(releases)
             .buffer_unordered(HOLD_CONCURRENCY)
-            .collect()
-            .await;
+            .collect::<Vec<(i64, Result<(), Unhandled>)>>();
+        // The lease outlives the work: renewed until every release has an answer.
+        let renew = async {
+            loop {
+                tokio::time::sleep(claim.renew_every()).await;
+                if let Err(e) = claim.renew().await {
+                    tracing::warn!(error = %e, "renewing the held-push claim failed");
+                }
+            }
+        };
+        let verdicts = tokio::select! {
+            verdicts = work => verdicts,
+            never = renew => never,
+        };
         let (mut done, mut retry) = (Vec::new(), Vec::new());
         for (id, verdict) in verdicts {
             match verdict {

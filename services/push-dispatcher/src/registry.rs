@@ -9,6 +9,8 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct Registry {
     pool: PgPool,
+    /// How long a claim of held pushes lasts unless renewed.
+    hold_lease: std::time::Duration,
 }
 
 /// A push waiting for the end of quiet hours.
@@ -75,7 +77,14 @@ fn preferences_from(r: &sqlx::postgres::PgRow) -> Result<Preferences, sqlx::Erro
 
 impl Registry {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            hold_lease: DEFAULT_LEASE,
+        }
+    }
+
+    pub fn with_hold_lease(self, hold_lease: std::time::Duration) -> Self {
+        Self { hold_lease, ..self }
     }
 
     /// Registers a token for `account`; the same token again is the same device (moved to
@@ -354,26 +363,33 @@ impl Registry {
         Ok(())
     }
 
-    /// Claims up to `limit` held pushes due at `now`, oldest first. The claim is a
-    /// transaction holding the rows' locks, so it lasts exactly as long as the work: other
-    /// replicas skip the rows until [`Claim::finish`] (or the claimer's death, which ends
-    /// its connection and makes them due again at once; the send log keeps a second attempt
-    /// from pushing twice). A time-limited lease would lapse under a slow provider — a
-    /// release may retry for minutes — and hand the same pushes to a second replica.
+    /// Claims up to `limit` held pushes due at `now` (the dispatcher's clock: quiet hours),
+    /// oldest first, with a lease (`TIDINGS_PUSH_HOLD_LEASE_SECS`) on the database's clock that
+    /// [`Claim::renew`] extends while the pushes are being sent — however long a provider
+    /// makes them retry, no other replica claims them, and no transaction stays open
+    /// meanwhile. A replica that dies stops renewing: its holds are claimable again when the
+    /// lease ends (the send log keeps a second attempt from pushing twice).
     pub async fn claim_due(&self, now: DateTime<Utc>, limit: i64) -> Result<Claim, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let token = Uuid::new_v4();
         let rows = sqlx::query(
-            "SELECT h.id, h.event_id, h.device_id, h.kind, h.event, h.traceparent,
+            "WITH claimed AS (
+                 UPDATE held_pushes SET claimed_by = $3, claimed_until = now() + make_interval(secs => $4)
+                 WHERE id IN (SELECT id FROM held_pushes
+                              WHERE release_at <= $1
+                                AND (claimed_until IS NULL OR claimed_until < now())
+                              ORDER BY release_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING *
+             )
+             SELECT h.id, h.event_id, h.device_id, h.kind, h.event, h.traceparent,
                     COALESCE(r.sequence > h.sequence, false) AS resolved_since
-             FROM held_pushes h LEFT JOIN resolutions r ON r.ticket_id = h.ticket_id
-             WHERE h.release_at <= $1
-             ORDER BY h.release_at, h.id
-             LIMIT $2
-             FOR UPDATE OF h SKIP LOCKED",
+             FROM claimed h LEFT JOIN resolutions r ON r.ticket_id = h.ticket_id
+             ORDER BY h.id",
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .bind(token)
+        .bind(self.hold_lease.as_secs_f64())
+        .fetch_all(&self.pool)
         .await?;
         let held = rows
             .iter()
@@ -390,35 +406,68 @@ impl Registry {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
-        Ok(Claim { tx, held })
+        Ok(Claim {
+            pool: self.pool.clone(),
+            token,
+            lease: self.hold_lease,
+            held,
+        })
     }
 }
 
-/// Held pushes claimed by [`Registry::claim_due`], locked until `finish`.
+/// How long a claim lasts unless renewed; a working claimer renews it every third of that.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Held pushes claimed by [`Registry::claim_due`], leased until `finish`.
 pub struct Claim {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    pool: PgPool,
+    token: Uuid,
+    lease: std::time::Duration,
     pub held: Vec<Held>,
 }
 
 impl Claim {
+    pub fn renew_every(&self) -> std::time::Duration {
+        self.lease / 3
+    }
+
+    /// Extends the lease of the holds still claimed.
+    pub async fn renew(&self) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE held_pushes SET claimed_until = now() + make_interval(secs => $2) WHERE claimed_by = $1",
+        )
+        .bind(self.token)
+        .bind(self.lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Deletes the holds that are done with (sent, dropped or dead-lettered), moves those
     /// to try again to `retry_at`, and lets go of the rest (due again at once).
     pub async fn finish(
-        mut self,
+        self,
         done: &[i64],
         retry: &[i64],
         retry_at: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM held_pushes WHERE id = ANY($1)")
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM held_pushes WHERE id = ANY($1) AND claimed_by = $2")
             .bind(done)
-            .execute(&mut *self.tx)
+            .bind(self.token)
+            .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE held_pushes SET release_at = $2 WHERE id = ANY($1)")
-            .bind(retry)
-            .bind(retry_at)
-            .execute(&mut *self.tx)
-            .await?;
-        self.tx.commit().await
+        sqlx::query(
+            "UPDATE held_pushes SET release_at = CASE WHEN id = ANY($2) THEN $3 ELSE release_at END,
+                                    claimed_by = NULL, claimed_until = NULL
+             WHERE claimed_by = $1",
+        )
+        .bind(self.token)
+        .bind(retry)
+        .bind(retry_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
     }
 }
 

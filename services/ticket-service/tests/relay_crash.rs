@@ -43,10 +43,29 @@ async fn a_relay_killed_with_a_batch_in_flight_loses_nothing_after_restart() {
         .spawn()
         .expect("ticket-service binary starts");
 
+    // Serving, not merely bound: the port is bound before the service connects and migrates.
     let endpoint = format!("http://127.0.0.1:{port}");
-    let mut c = eventually(Duration::from_secs(30), "service accepting calls", || {
+    let mut c = eventually(Duration::from_secs(30), "service serving", || {
         let endpoint = endpoint.clone();
-        async move { TicketServiceClient::connect(endpoint).await.ok() }
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(endpoint)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let check = health.check(tonic_health::pb::HealthCheckRequest {
+                service: "tidings.ticket.v1.TicketService".into(),
+            });
+            let status = tokio::time::timeout(Duration::from_secs(1), check)
+                .await
+                .ok()?
+                .ok()?
+                .into_inner()
+                .status;
+            (status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                .then(|| TicketServiceClient::new(channel))
+        }
     })
     .await;
     let pool = tidings_store::connect(&database_url(), Some(&schema), 2)

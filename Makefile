@@ -40,7 +40,9 @@ test: ## start the stack, then run every test (unit + integration)
 	@# The suite's shared broker forgets on restart (tests make their own durable ones).
 	@TIDINGS_DEV_KAFKA_STORAGE=$${TIDINGS_DEV_KAFKA_STORAGE:-memory} $(STACK) up
 	@psql "$(TEST_DB)" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 't\_%'" | PGOPTIONS='-c client_min_messages=warning' psql "$(TEST_DB)" -q >/dev/null
-	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) cargo nextest run --workspace --no-fail-fast
+	@# The chaos test runs alone after the rest: its load would be every other test's noise.
+	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) cargo nextest run --workspace --no-fail-fast -E 'not binary(chaos)' \
+		&& DATABASE_URL=$(TEST_DB) cargo nextest run -p tidings-tests -E 'binary(chaos)'
 
 .PHONY: chaos
 chaos: ## faults under steady load for CHAOS_SECONDS (120): counts lost and duplicated notifications

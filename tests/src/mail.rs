@@ -514,8 +514,10 @@ pub struct CrashableDispatcher {
 impl CrashableDispatcher {
     pub async fn start(o: DispatcherOptions) -> Self {
         let (runtime, dispatcher) = tokio::task::spawn_blocking(move || {
+            // Two workers, as the service's own runtime has on this machine: a rebalance
+            // callback that blocks on a synchronous commit must not stop the whole runtime.
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .expect("dispatcher runtime");
@@ -524,6 +526,14 @@ impl CrashableDispatcher {
         })
         .await
         .expect("dispatcher starts");
+        // The test's queries get a pool of the test's runtime: the dispatcher's own is driven
+        // by the dispatcher's runtime, which may be busy (or gone) when the test asks.
+        let mut dispatcher = dispatcher;
+        let pool = tidings_store::connect(&database_url(), Some(&dispatcher.schema), 2)
+            .await
+            .expect("test pool");
+        let theirs = std::mem::replace(&mut dispatcher.pool, pool);
+        runtime.spawn(async move { drop(theirs) });
         Self {
             runtime: Some(runtime),
             dispatcher,

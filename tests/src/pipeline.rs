@@ -17,21 +17,48 @@ pub struct Pipeline {
     pub broker: Broker,
     pub app: TestApp,
     pub smtp: SmtpDouble,
-    pub email: CrashableDispatcher,
+    pub email: EmailDispatcher,
     pub push: PushStack,
     pub address: String,
     pub device: String,
     pub tickets: Vec<String>,
 }
 
+/// The email dispatcher of a pipeline: in the test's runtime, or on one of its own that the
+/// test can crash.
+pub enum EmailDispatcher {
+    InProcess(TestDispatcher),
+    OwnRuntime(CrashableDispatcher),
+}
+
+impl EmailDispatcher {
+    pub fn get(&self) -> &TestDispatcher {
+        match self {
+            EmailDispatcher::InProcess(d) => d,
+            EmailDispatcher::OwnRuntime(c) => &c.dispatcher,
+        }
+    }
+}
+
+/// The pipeline with its email dispatcher in the test's runtime.
 pub async fn pipeline(broker: Broker, smtp_delay: Duration) -> Pipeline {
+    build(broker, smtp_delay, false).await
+}
+
+/// The pipeline with its email dispatcher on a runtime of its own (see
+/// [`CrashableDispatcher`]).
+pub async fn crashable_pipeline(broker: Broker, smtp_delay: Duration) -> Pipeline {
+    build(broker, smtp_delay, true).await
+}
+
+async fn build(broker: Broker, smtp_delay: Duration, crashable: bool) -> Pipeline {
     let app = spawn_app_with(SpawnOptions {
         brokers: broker.address(),
         ..Default::default()
     })
     .await;
     let smtp = SmtpDouble::start(vec![], smtp_delay).await;
-    let email = CrashableDispatcher::start(DispatcherOptions {
+    let options = DispatcherOptions {
         smtp: smtp.addr.to_string(),
         ticket_topic: app.topic.clone(),
         codes_topic: app.codes_topic.clone(),
@@ -42,8 +69,12 @@ pub async fn pipeline(broker: Broker, smtp_delay: Duration) -> Pipeline {
             "TIDINGS_KAFKA_PROPERTIES",
             "debug=cgrp,fetch,consumer,topic".to_owned(),
         )],
-    })
-    .await;
+    };
+    let email = if crashable {
+        EmailDispatcher::OwnRuntime(CrashableDispatcher::start(options).await)
+    } else {
+        EmailDispatcher::InProcess(spawn_dispatcher(options).await)
+    };
     let push = spawn_push(&app, vec![]).await;
     let sub = unique("ann");
     let ann = customer(&sub);
@@ -126,7 +157,7 @@ impl Pipeline {
         eventually(Duration::from_secs(30), "every send recorded", || async {
             (self
                 .email
-                .dispatcher
+                .get()
                 .count("SELECT count(*) FROM email_sends WHERE outcome = 'sent'")
                 .await
                 >= events as i64)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tidings_push_doubles::Failure;
 use tidings_tests::broker::Broker;
 use tidings_tests::mail::{CrashableDispatcher, DispatcherOptions};
-use tidings_tests::pipeline::{message_id, pipeline};
+use tidings_tests::pipeline::{EmailDispatcher, crashable_pipeline, message_id};
 use tidings_tests::*;
 
 /// Sends the email dispatcher may have in flight when it crashes, per crash: its SMTP
@@ -33,7 +33,7 @@ async fn under_load_outages_a_broker_restart_and_a_dispatcher_crash_lose_nothing
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(ROUND);
-    let mut p = pipeline(Broker::start_durable().await, Duration::ZERO).await;
+    let mut p = crashable_pipeline(Broker::start_durable().await, Duration::ZERO).await;
     // Rounds of ROUND seconds, each with every fault once, at moments of its own.
     let rounds = ((seconds / ROUND).round() as u32).max(1);
     let mut replies = 0;
@@ -78,24 +78,25 @@ async fn under_load_outages_a_broker_restart_and_a_dispatcher_crash_lose_nothing
             }
             if !done[5] && now >= at(crash) {
                 done[5] = true;
-                let (schema, group) = (
-                    p.email.dispatcher.schema.clone(),
-                    p.email.dispatcher.group.clone(),
-                );
+                let (schema, group) = (p.email.get().schema.clone(), p.email.get().group.clone());
                 let crashed = std::mem::replace(
                     &mut p.email,
-                    CrashableDispatcher::start(DispatcherOptions {
-                        smtp: p.smtp.addr.to_string(),
-                        ticket_topic: p.app.topic.clone(),
-                        codes_topic: p.app.codes_topic.clone(),
-                        brokers: p.broker.address(),
-                        schema: Some(schema),
-                        group: Some(group),
-                        extra: vec![],
-                    })
-                    .await,
+                    EmailDispatcher::OwnRuntime(
+                        CrashableDispatcher::start(DispatcherOptions {
+                            smtp: p.smtp.addr.to_string(),
+                            ticket_topic: p.app.topic.clone(),
+                            codes_topic: p.app.codes_topic.clone(),
+                            brokers: p.broker.address(),
+                            schema: Some(schema),
+                            group: Some(group),
+                            extra: vec![],
+                        })
+                        .await,
+                    ),
                 );
-                crashed.crash();
+                if let EmailDispatcher::OwnRuntime(crashed) = crashed {
+                    crashed.crash();
+                }
             }
             // The load's pace (20 replies a second), not a wait for a condition.
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -421,3 +421,12 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Whether a schema exists: a service that failed its start must not have created one.
+pub async fn schema_exists(pool: &sqlx::PgPool, schema: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(pool)
+        .await
+        .expect("schema query")
+}

@@ -50,6 +50,59 @@ use crate::publish::RenewingProducer;
 /// Apache Kafka waits for a rejoining member up to `max.poll.interval.ms` (5 minutes).
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a stopping loop waits for its consumer to leave the group. Leaving needs the
+/// broker: when it is unreachable librdkafka's close never finishes, and the group notices
+/// the member gone after its session instead.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// The group consumer, shared by the loop and its helper tasks. Whoever drops the last
+/// handle — the loop at shutdown, or a runtime dropping its tasks — does not close it
+/// there: closing polls librdkafka until the group has been left, which never ends while
+/// the broker is unreachable, and a tokio worker stuck there stops every task on it (a
+/// test whose broker was already gone hung in its runtime's shutdown that way). The close
+/// runs on a thread of its own, and `closed` says when it is done.
+struct GroupConsumer {
+    inner: Option<StreamConsumer<TrackingContext>>,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::ops::Deref for GroupConsumer {
+    type Target = StreamConsumer<TrackingContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.inner.as_ref().expect("only taken when dropped")
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        let (Some(consumer), closed) = (self.inner.take(), self.closed.take()) else {
+            return;
+        };
+        let close = move || {
+            drop(consumer);
+            if let Some(closed) = closed {
+                let _ = closed.send(());
+            }
+        };
+        // Without a thread (none can be created) the close runs here, as before.
+        let _ = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(close);
+    }
+}
+
+/// Runs `f`, which blocks on librdkafka (a synchronous commit, a subscription change),
+/// without holding up the other tasks of a multi-thread runtime's worker. A synchronous
+/// commit waits for the coordinator's answer: up to `socket.timeout.ms` (60 s) while the
+/// broker is unreachable.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// One record, detached from the consumer.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -407,7 +460,7 @@ impl ConsumerContext for TrackingContext {
                     return;
                 }
                 if tpl.count() > 0
-                    && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+                    && let Err(e) = blocking(|| consumer.commit(&tpl, CommitMode::Sync))
                 {
                     tracing::warn!(consumer = self.name, error = %e, "commit on revoke failed");
                 }
@@ -548,34 +601,38 @@ pub async fn run_consumer<H: Handler>(
             client.set(key, value);
         }
     }
-    let consumer: Arc<StreamConsumer<TrackingContext>> = Arc::new(
-        client
-            .set("group.id", &config.group_id)
-            // We commit (periodically, at revocation, at shutdown) what was handled, and
-            // nothing else: librdkafka's own commits would also run when an assignment was
-            // lost — offsets of a log the broker no longer has, which make the next owner
-            // of the new log skip records.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", &config.offset_reset)
-            .set(
-                "fetch.wait.max.ms",
-                config.fetch_wait.as_millis().to_string(),
-            )
-            // librdkafka prefetches up to 64 MB per consumer by default; the lanes hold at
-            // most `max_in_flight` records anyway, so a few MB keep them fed.
-            .set("queued.max.messages.kbytes", "8192")
-            // When that queue is full librdkafka postpones the partition's next fetch by this
-            // much (1 s by default; its documentation says to lower it with a low queue
-            // bound): the last records of a backlog trickled in for up to a second.
-            .set("fetch.queue.backoff.ms", "20")
-            .create_with_context(TrackingContext {
-                tracking: tracking.clone(),
-                lost_pending: Default::default(),
-                lost: lost.clone(),
-                name: config.name,
-            })?,
-    );
+    let (closed, left_group) = tokio::sync::oneshot::channel();
+    let consumer = Arc::new(GroupConsumer {
+        inner: Some(
+            client
+                .set("group.id", &config.group_id)
+                // We commit (periodically, at revocation, at shutdown) what was handled, and
+                // nothing else: librdkafka's own commits would also run when an assignment was
+                // lost — offsets of a log the broker no longer has, which make the next owner
+                // of the new log skip records.
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", &config.offset_reset)
+                .set(
+                    "fetch.wait.max.ms",
+                    config.fetch_wait.as_millis().to_string(),
+                )
+                // librdkafka prefetches up to 64 MB per consumer by default; the lanes hold at
+                // most `max_in_flight` records anyway, so a few MB keep them fed.
+                .set("queued.max.messages.kbytes", "8192")
+                // When that queue is full librdkafka postpones the partition's next fetch by this
+                // much (1 s by default; its documentation says to lower it with a low queue
+                // bound): the last records of a backlog trickled in for up to a second.
+                .set("fetch.queue.backoff.ms", "20")
+                .create_with_context(TrackingContext {
+                    tracking: tracking.clone(),
+                    lost_pending: Default::default(),
+                    lost: lost.clone(),
+                    name: config.name,
+                })?,
+        ),
+        closed: Some(closed),
+    });
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let dead_letters = DeadLetters {
@@ -675,12 +732,12 @@ pub async fn run_consumer<H: Handler>(
     let _ = rejoiner.await;
     let handled = tracking.lock().watermarks();
     if handled.count() > 0 {
-        match consumer.commit(&handled, CommitMode::Sync) {
+        match blocking(|| consumer.commit(&handled, CommitMode::Sync)) {
             Ok(()) => tracing::info!(consumer = config.name, "offsets committed at shutdown"),
             Err(e) => tracing::warn!(consumer = config.name, error = %e, "final commit failed"),
         }
     }
-    consumer.unsubscribe();
+    blocking(|| consumer.unsubscribe());
     // Serve the revocation that leaving triggers before the consumer is dropped: librdkafka
     // can hang forever when a rebalance is still pending as the consumer closes (it asks
     // its main thread for the rebalance protocol, which no longer answers; librdkafka
@@ -691,6 +748,15 @@ pub async fn run_consumer<H: Handler>(
     {
         // Records that still arrive are neither handled nor stored.
         let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+    }
+    drop(consumer);
+    match tokio::time::timeout(CLOSE_WAIT, left_group).await {
+        Ok(_) => tracing::info!(consumer = config.name, "left the group"),
+        Err(_) => tracing::warn!(
+            consumer = config.name,
+            "the consumer did not close within {CLOSE_WAIT:?} (broker unreachable?); the group \
+             notices after its session"
+        ),
     }
     Ok(())
 }
@@ -718,7 +784,7 @@ pub fn spawn_consumer<H: Handler>(
 /// Commits what was handled every `interval`, until shutdown (whose final commit is
 /// synchronous).
 async fn commit_periodically(
-    consumer: Arc<StreamConsumer<TrackingContext>>,
+    consumer: Arc<GroupConsumer>,
     tracking: Arc<Tracking>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -746,7 +812,7 @@ async fn commit_periodically(
 /// the subscribed topics (names and partition counts) did not change. So then wait until
 /// every subscribed topic exists again, and subscribe afresh, which rejoins with them.
 async fn rejoin_after_loss(
-    consumer: Arc<StreamConsumer<TrackingContext>>,
+    consumer: Arc<GroupConsumer>,
     topics: Vec<String>,
     lost: Arc<tokio::sync::Notify>,
     name: &'static str,
@@ -783,8 +849,10 @@ async fn rejoin_after_loss(
             }
         }
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer.unsubscribe();
-        match consumer.subscribe(&names) {
+        match blocking(|| {
+            consumer.unsubscribe();
+            consumer.subscribe(&names)
+        }) {
             Ok(()) => tracing::info!(consumer = name, "subscribed again after a lost assignment"),
             Err(e) => tracing::warn!(consumer = name, error = %e, "subscribing again failed"),
         }

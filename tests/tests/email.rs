@@ -651,6 +651,79 @@ async fn a_code_email_overtakes_a_backlog_of_ten_thousand_notifications() {
     .expect("the mailed code verifies");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_up_and_a_rolling_restart_in_the_middle_of_a_backlog_mail_every_event_exactly_once()
+{
+    // A slow SMTP server: a replica's four sessions mail at most 400 a second, so the
+    // backlog of 3,000 lasts through a scale-up and a rolling restart, each a rebalance.
+    let double = SmtpDouble::start(vec![], Duration::from_millis(10)).await;
+    let app = spawn_app().await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &app.brokers)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let backlog = backlog_records(3_000, 300);
+    let sends = backlog.iter().map(|(key, value)| {
+        producer.send(
+            FutureRecord::to(&app.topic).key(key).payload(value),
+            Duration::from_secs(30),
+        )
+    });
+    for r in futures::future::join_all(sends).await {
+        r.expect("backlog record produced");
+    }
+    let opts = |schema: Option<String>, group: Option<String>| DispatcherOptions {
+        smtp: double.addr.to_string(),
+        ticket_topic: app.topic.clone(),
+        codes_topic: app.codes_topic.clone(),
+        brokers: app.brokers.clone(),
+        schema,
+        group,
+        extra: vec![],
+    };
+    let mailed = |n: usize, what: &'static str| {
+        let double = &double;
+        async move {
+            eventually(Duration::from_secs(60), what, || async {
+                (double.accepted_count() >= n).then_some(())
+            })
+            .await
+        }
+    };
+
+    let mut a = spawn_dispatcher(opts(None, None)).await;
+    let (schema, group) = (a.schema.clone(), a.group.clone());
+    mailed(300, "replica a mailing the backlog").await;
+    // Scale-up: a second replica joins the group.
+    let mut b = spawn_dispatcher(opts(Some(schema.clone()), Some(group.clone()))).await;
+    mailed(900, "both replicas mailing").await;
+    // Rolling restart: each replica in turn stops (as a deployment stops it) and a new one
+    // takes its place.
+    a.stop().await;
+    let mut a2 = spawn_dispatcher(opts(Some(schema.clone()), Some(group.clone()))).await;
+    mailed(1_500, "the replacement of a mailing").await;
+    b.stop().await;
+    let mut b2 = spawn_dispatcher(opts(Some(schema), Some(group))).await;
+    assert!(
+        double.accepted_count() < 3_000,
+        "the restarts happened before the backlog was through"
+    );
+    mailed(3_000, "the whole backlog").await;
+
+    // 0 missing, 0 duplicates: each of the 3,000 (event, recipient) pairs mailed once.
+    assert_eq!(a2.sent_records(3_000).await, 3_000);
+    let accepted = double.accepted();
+    let ids: std::collections::HashSet<&str> = accepted
+        .iter()
+        .filter_map(|m| tidings_tests::pipeline::message_id(&m.data))
+        .collect();
+    assert_eq!(ids.len(), 3_000, "every event mailed");
+    assert_eq!(accepted.len(), 3_000, "no event mailed twice");
+    a2.stop().await;
+    b2.stop().await;
+}
+
 /// `n` agent replies spread over `tickets` signed-in customers' tickets, as the ticket service
 /// would publish them.
 fn backlog_records(n: usize, tickets: usize) -> Vec<(String, Vec<u8>)> {

@@ -65,10 +65,7 @@ async fn build(broker: Broker, smtp_delay: Duration, crashable: bool) -> Pipelin
         brokers: broker.address(),
         schema: None,
         group: None,
-        extra: vec![(
-            "TIDINGS_KAFKA_PROPERTIES",
-            "debug=cgrp,fetch,consumer,topic".to_owned(),
-        )],
+        extra: vec![],
     };
     let email = if crashable {
         EmailDispatcher::OwnRuntime(CrashableDispatcher::start(options).await)

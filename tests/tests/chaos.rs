@@ -1,8 +1,9 @@
 //! Chaos, short form: the whole pipeline under a steady load of agent replies while, at
 //! moments drawn at random around a fixed order, the SMTP server goes away for a while, APNs
-//! answers 503, the durable broker is killed and restarted, and the email dispatcher crashes
-//! and is started again. At the end, per event and channel: nothing lost, nothing pushed
-//! twice, and at most the sends in flight at the crash mailed twice. `make chaos` runs it
+//! answers 503, the durable broker is killed and restarted, the email dispatcher crashes and
+//! is started again, and a second email-dispatcher replica in the same group is rolled (stopped
+//! as a deployment stops it, and replaced). At the end, per event and channel: nothing lost,
+//! nothing pushed twice, and at most the sends in flight at the crash mailed twice. `make chaos` runs it
 //! longer (`TIDINGS_CHAOS_SECONDS`).
 
 use std::collections::HashSet;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tidings_push_doubles::Failure;
 use tidings_tests::broker::Broker;
-use tidings_tests::mail::{CrashableDispatcher, DispatcherOptions};
+use tidings_tests::mail::{CrashableDispatcher, DispatcherOptions, spawn_dispatcher};
 use tidings_tests::pipeline::{EmailDispatcher, crashable_pipeline, message_id};
 use tidings_tests::*;
 
@@ -28,12 +29,23 @@ fn between(lo: f64, hi: f64) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_load_outages_a_broker_restart_and_a_dispatcher_crash_lose_nothing() {
+async fn under_load_outages_a_broker_restart_a_dispatcher_crash_and_a_replica_roll_lose_nothing() {
     let seconds: f64 = std::env::var("TIDINGS_CHAOS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(ROUND);
     let mut p = crashable_pipeline(Broker::start_durable().await, Duration::ZERO).await;
+    // Another replica of the email dispatcher: same schema, same group.
+    let replica_options = |p: &tidings_tests::pipeline::Pipeline| DispatcherOptions {
+        smtp: p.smtp.addr.to_string(),
+        ticket_topic: p.app.topic.clone(),
+        codes_topic: p.app.codes_topic.clone(),
+        brokers: p.broker.address(),
+        schema: Some(p.email.get().schema.clone()),
+        group: Some(p.email.get().group.clone()),
+        extra: vec![],
+    };
+    let mut replica = spawn_dispatcher(replica_options(&p)).await;
     // Rounds of ROUND seconds, each with every fault once, at moments of its own.
     let rounds = ((seconds / ROUND).round() as u32).max(1);
     let mut replies = 0;
@@ -42,14 +54,16 @@ async fn under_load_outages_a_broker_restart_and_a_dispatcher_crash_lose_nothing
         let smtp_down = (between(0.05, 0.15), between(0.20, 0.30));
         let apns_503 = between(0.30, 0.40);
         let broker_down = (between(0.45, 0.50), between(0.55, 0.60));
-        let crash = between(0.70, 0.85);
+        let crash = between(0.70, 0.80);
+        let roll = between(0.85, 0.95);
         println!(
             "chaos round {round}: smtp down {smtp_down:.2?}, apns 503 at {apns_503:.2}, \
-             broker down {broker_down:.2?}, email dispatcher crash at {crash:.2}"
+             broker down {broker_down:.2?}, email dispatcher crash at {crash:.2}, \
+             replica roll at {roll:.2}"
         );
         let started = Instant::now();
         let at = |f: f64| started + Duration::from_secs_f64(ROUND * f);
-        let mut done = [false; 6];
+        let mut done = [false; 7];
         while Instant::now() < at(1.0) {
             p.reply(replies).await;
             replies += 1;
@@ -97,6 +111,11 @@ async fn under_load_outages_a_broker_restart_and_a_dispatcher_crash_lose_nothing
                 if let EmailDispatcher::OwnRuntime(crashed) = crashed {
                     crashed.crash();
                 }
+            }
+            if !done[6] && now >= at(roll) {
+                done[6] = true;
+                replica.stop().await;
+                replica = spawn_dispatcher(replica_options(&p)).await;
             }
             // The load's pace (20 replies a second), not a wait for a condition.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -164,4 +183,5 @@ async fn under_load_outages_a_broker_restart_and_a_dispatcher_crash_lose_nothing
         "{mailed_twice} mails sent twice: more than the sends in flight at {rounds} crashes"
     );
     assert_eq!(pushes.len(), replies, "every push once");
+    replica.stop().await;
 }

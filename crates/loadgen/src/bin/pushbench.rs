@@ -143,6 +143,46 @@ async fn metric(admin_port: u16, name: &str) -> f64 {
         .sum()
 }
 
+/// The crash window's 99th percentile in ms: the smallest bucket bound of the histogram
+/// `name` (summed over its label sets) that holds 99 % of its observations, once it holds
+/// `count` of them (the last send records commit just after the last pushes arrive).
+async fn histogram_p99_ms(admin_port: u16, name: &str, count: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = match reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await {
+            Ok(resp) => resp.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let mut buckets: std::collections::BTreeMap<u64, f64> = Default::default();
+        let prefix = format!("{name}_bucket{{");
+        for line in body.lines().filter(|l| l.starts_with(&prefix)) {
+            let Some(le) = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
+                continue;
+            };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            let n: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            // Keyed by the bound's bits: non-negative floats order like their bits.
+            *buckets.entry(bound.to_bits()).or_default() += n;
+        }
+        let total = buckets.values().next_back().copied().unwrap_or(0.0);
+        if total >= count as f64 || Instant::now() > deadline {
+            return buckets
+                .iter()
+                .find(|(_, n)| **n >= 0.99 * total)
+                .map_or(f64::NAN, |(bound, _)| f64::from_bits(*bound) * 1000.0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -289,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let ours = expected as f64 / (last - first.unwrap_or(last)).as_secs_f64();
+    let window_p99 = histogram_p99_ms(19468, "tidings_push_unrecorded_seconds", expected).await;
     let rss = run.peak_rss_mib();
     run.stop().await;
 
@@ -461,7 +502,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!(
         "fanout_pushes_per_s={ours:.0} h2load_per_s={h2_rps:.0} h2load_all_ok={h2_ok} pushes={expected} streams={} dispatcher_peak_rss_mib={rss} \
-         e2e_replies={} e2e_offered_per_s={offered:.0} e2e_arrived={} e2e_p50_ms={:.2} e2e_p99_ms={:.2} e2e_max_ms={:.2}",
+         crash_window_p99_ms={window_p99} e2e_replies={} e2e_offered_per_s={offered:.0} e2e_arrived={} e2e_p50_ms={:.2} e2e_p99_ms={:.2} e2e_max_ms={:.2}",
         args.streams,
         returned.len(),
         latencies.len(),

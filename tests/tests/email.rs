@@ -578,23 +578,7 @@ async fn a_code_email_overtakes_a_backlog_of_ten_thousand_notifications() {
 
     // 10,000 ordinary events (agent replies on 500 tickets) are waiting before the
     // dispatcher starts.
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &app.brokers)
-        .set("linger.ms", "20")
-        .create()
-        .unwrap();
-    let backlog = backlog_records(10_000, 500);
-    for chunk in backlog.chunks(1000) {
-        let sends = chunk.iter().map(|(key, value)| {
-            producer.send(
-                FutureRecord::to(&app.topic).key(key).payload(value),
-                Duration::from_secs(30),
-            )
-        });
-        for r in futures::future::join_all(sends).await {
-            r.expect("backlog record produced");
-        }
-    }
+    produce_backlog(&app, 10_000, 500).await;
     let _d = spawn_dispatcher(DispatcherOptions {
         smtp: double.addr.to_string(),
         ticket_topic: app.topic.clone(),
@@ -658,21 +642,7 @@ async fn a_scale_up_and_a_rolling_restart_in_the_middle_of_a_backlog_mail_every_
     // backlog of 3,000 lasts through a scale-up and a rolling restart, each a rebalance.
     let double = SmtpDouble::start(vec![], Duration::from_millis(10)).await;
     let app = spawn_app().await;
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &app.brokers)
-        .set("linger.ms", "20")
-        .create()
-        .unwrap();
-    let backlog = backlog_records(3_000, 300);
-    let sends = backlog.iter().map(|(key, value)| {
-        producer.send(
-            FutureRecord::to(&app.topic).key(key).payload(value),
-            Duration::from_secs(30),
-        )
-    });
-    for r in futures::future::join_all(sends).await {
-        r.expect("backlog record produced");
-    }
+    produce_backlog(&app, 3_000, 300).await;
     let opts = |schema: Option<String>, group: Option<String>| DispatcherOptions {
         smtp: double.addr.to_string(),
         ticket_topic: app.topic.clone(),
@@ -722,6 +692,28 @@ async fn a_scale_up_and_a_rolling_restart_in_the_middle_of_a_backlog_mail_every_
     assert_eq!(accepted.len(), 3_000, "no event mailed twice");
     a2.stop().await;
     b2.stop().await;
+}
+
+/// Publishes [`backlog_records`] onto the app's ticket topic, batched as a producer with a
+/// linger batches them (so a committed offset usually lies inside a batch).
+async fn produce_backlog(app: &TestApp, n: usize, tickets: usize) {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &app.brokers)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let backlog = backlog_records(n, tickets);
+    for chunk in backlog.chunks(1000) {
+        let sends = chunk.iter().map(|(key, value)| {
+            producer.send(
+                FutureRecord::to(&app.topic).key(key).payload(value),
+                Duration::from_secs(30),
+            )
+        });
+        for r in futures::future::join_all(sends).await {
+            r.expect("backlog record produced");
+        }
+    }
 }
 
 /// `n` agent replies spread over `tickets` signed-in customers' tickets, as the ticket service

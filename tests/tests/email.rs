@@ -643,15 +643,7 @@ async fn a_scale_up_and_a_rolling_restart_in_the_middle_of_a_backlog_mail_every_
     let double = SmtpDouble::start(vec![], Duration::from_millis(10)).await;
     let app = spawn_app().await;
     produce_backlog(&app, 3_000, 300).await;
-    let opts = |schema: Option<String>, group: Option<String>| DispatcherOptions {
-        smtp: double.addr.to_string(),
-        ticket_topic: app.topic.clone(),
-        codes_topic: app.codes_topic.clone(),
-        brokers: app.brokers.clone(),
-        schema,
-        group,
-        extra: vec![],
-    };
+    let opts = |schema, group| replica_options(&double, &app, schema, group);
     let mailed = |n: usize, what: &'static str| {
         let double = &double;
         async move {
@@ -692,6 +684,25 @@ async fn a_scale_up_and_a_rolling_restart_in_the_middle_of_a_backlog_mail_every_
     assert_eq!(accepted.len(), 3_000, "no event mailed twice");
     a2.stop().await;
     b2.stop().await;
+}
+
+/// A dispatcher of `app`'s topics mailing through `double`; with `schema` and `group`, another
+/// replica of the one that has them.
+fn replica_options(
+    double: &SmtpDouble,
+    app: &TestApp,
+    schema: Option<String>,
+    group: Option<String>,
+) -> DispatcherOptions {
+    DispatcherOptions {
+        smtp: double.addr.to_string(),
+        ticket_topic: app.topic.clone(),
+        codes_topic: app.codes_topic.clone(),
+        brokers: app.brokers.clone(),
+        schema,
+        group,
+        extra: vec![],
+    }
 }
 
 /// Publishes [`backlog_records`] onto the app's ticket topic, batched as a producer with a
@@ -768,15 +779,7 @@ fn backlog_records(n: usize, tickets: usize) -> Vec<(String, Vec<u8>)> {
 async fn two_dispatcher_replicas_share_the_work_across_a_rebalance_and_mail_each_event_once() {
     let double = SmtpDouble::start(vec![], Duration::from_millis(5)).await;
     let app = spawn_app().await;
-    let opts = |schema: Option<String>, group: Option<String>| DispatcherOptions {
-        smtp: double.addr.to_string(),
-        ticket_topic: app.topic.clone(),
-        codes_topic: app.codes_topic.clone(),
-        brokers: app.brokers.clone(),
-        schema,
-        group,
-        extra: vec![],
-    };
+    let opts = |schema, group| replica_options(&double, &app, schema, group);
     let mut first = spawn_dispatcher(opts(None, None)).await;
     let giulia = agent("giulia");
     let customers: Vec<String> = (0..12).map(|i| unique(&format!("c{i}"))).collect();

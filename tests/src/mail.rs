@@ -362,6 +362,31 @@ pub struct DispatcherOptions {
     pub extra: Vec<(&'static str, String)>,
 }
 
+impl DispatcherOptions {
+    /// A dispatcher of `app`'s topics on `app`'s broker, mailing through `smtp`, with a
+    /// schema and a group of its own.
+    pub fn new(smtp: impl ToString, app: &crate::TestApp) -> Self {
+        Self {
+            smtp: smtp.to_string(),
+            ticket_topic: app.topic.clone(),
+            codes_topic: app.codes_topic.clone(),
+            brokers: app.brokers.clone(),
+            schema: None,
+            group: None,
+            extra: vec![],
+        }
+    }
+
+    /// Another replica of `d` (running or stopped): its schema and its group.
+    pub fn replica_of(self, d: &TestDispatcher) -> Self {
+        Self {
+            schema: Some(d.schema.clone()),
+            group: Some(d.group.clone()),
+            ..self
+        }
+    }
+}
+
 pub struct TestDispatcher {
     pub app: Option<Application>,
     pub schema: String,

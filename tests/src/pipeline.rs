@@ -58,15 +58,7 @@ async fn build(broker: Broker, smtp_delay: Duration, crashable: bool) -> Pipelin
     })
     .await;
     let smtp = SmtpDouble::start(vec![], smtp_delay).await;
-    let options = DispatcherOptions {
-        smtp: smtp.addr.to_string(),
-        ticket_topic: app.topic.clone(),
-        codes_topic: app.codes_topic.clone(),
-        brokers: broker.address(),
-        schema: None,
-        group: None,
-        extra: vec![],
-    };
+    let options = DispatcherOptions::new(smtp.addr, &app);
     let email = if crashable {
         EmailDispatcher::OwnRuntime(CrashableDispatcher::start(options).await)
     } else {

@@ -1,10 +1,10 @@
 //! Chaos, short form: the whole pipeline under a steady load of agent replies while, at
 //! moments drawn at random around a fixed order, the SMTP server goes away for a while, APNs
 //! answers 503, the durable broker is killed and restarted, the email dispatcher crashes and
-//! is started again, and a second email-dispatcher replica in the same group is rolled (stopped
-//! as a deployment stops it, and replaced). At the end, per event and channel: nothing lost,
-//! nothing pushed twice, and at most the sends in flight at the crash mailed twice. `make chaos` runs it
-//! longer (`TIDINGS_CHAOS_SECONDS`).
+//! is started again, and a second email-dispatcher replica in the same group is rolled
+//! (stopped as a deployment stops it, and replaced). At the end, per event and channel:
+//! nothing lost, nothing pushed twice, and at most the sends in flight at the crash mailed
+//! twice. `make chaos` runs it longer (`TIDINGS_CHAOS_SECONDS`).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -35,15 +35,10 @@ async fn under_load_outages_a_broker_restart_a_dispatcher_crash_and_a_replica_ro
         .and_then(|s| s.parse().ok())
         .unwrap_or(ROUND);
     let mut p = crashable_pipeline(Broker::start_durable().await, Duration::ZERO).await;
-    // Another replica of the email dispatcher: same schema, same group.
-    let replica_options = |p: &tidings_tests::pipeline::Pipeline| DispatcherOptions {
-        smtp: p.smtp.addr.to_string(),
-        ticket_topic: p.app.topic.clone(),
-        codes_topic: p.app.codes_topic.clone(),
-        brokers: p.broker.address(),
-        schema: Some(p.email.get().schema.clone()),
-        group: Some(p.email.get().group.clone()),
-        extra: vec![],
+    // Another replica of the email dispatcher (and, after a crash, its replacement): same
+    // schema, same group.
+    let replica_options = |p: &tidings_tests::pipeline::Pipeline| {
+        DispatcherOptions::new(p.smtp.addr, &p.app).replica_of(p.email.get())
     };
     let mut replica = spawn_dispatcher(replica_options(&p)).await;
     // Rounds of ROUND seconds, each with every fault once, at moments of its own.
@@ -92,21 +87,10 @@ async fn under_load_outages_a_broker_restart_a_dispatcher_crash_and_a_replica_ro
             }
             if !done[5] && now >= at(crash) {
                 done[5] = true;
-                let (schema, group) = (p.email.get().schema.clone(), p.email.get().group.clone());
+                let options = replica_options(&p);
                 let crashed = std::mem::replace(
                     &mut p.email,
-                    EmailDispatcher::OwnRuntime(
-                        CrashableDispatcher::start(DispatcherOptions {
-                            smtp: p.smtp.addr.to_string(),
-                            ticket_topic: p.app.topic.clone(),
-                            codes_topic: p.app.codes_topic.clone(),
-                            brokers: p.broker.address(),
-                            schema: Some(schema),
-                            group: Some(group),
-                            extra: vec![],
-                        })
-                        .await,
-                    ),
+                    EmailDispatcher::OwnRuntime(CrashableDispatcher::start(options).await),
                 );
                 if let EmailDispatcher::OwnRuntime(crashed) = crashed {
                     crashed.crash();

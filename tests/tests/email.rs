@@ -13,16 +13,7 @@ use tidings_tests::*;
 
 async fn stack_with_smtp(smtp: String) -> (TestApp, TestDispatcher) {
     let app = spawn_app().await;
-    let d = spawn_dispatcher(DispatcherOptions {
-        smtp,
-        ticket_topic: app.topic.clone(),
-        codes_topic: app.codes_topic.clone(),
-        brokers: app.brokers.clone(),
-        schema: None,
-        group: None,
-        extra: vec![],
-    })
-    .await;
+    let d = spawn_dispatcher(DispatcherOptions::new(smtp, &app)).await;
     (app, d)
 }
 
@@ -579,16 +570,7 @@ async fn a_code_email_overtakes_a_backlog_of_ten_thousand_notifications() {
     // 10,000 ordinary events (agent replies on 500 tickets) are waiting before the
     // dispatcher starts.
     produce_backlog(&app, 10_000, 500).await;
-    let _d = spawn_dispatcher(DispatcherOptions {
-        smtp: double.addr.to_string(),
-        ticket_topic: app.topic.clone(),
-        codes_topic: app.codes_topic.clone(),
-        brokers: app.brokers.clone(),
-        schema: None,
-        group: None,
-        extra: vec![],
-    })
-    .await;
+    let _d = spawn_dispatcher(DispatcherOptions::new(double.addr, &app)).await;
     eventually(Duration::from_secs(60), "backlog being mailed", || async {
         (double.accepted_count() > 100).then_some(())
     })
@@ -643,7 +625,7 @@ async fn a_scale_up_and_a_rolling_restart_in_the_middle_of_a_backlog_mail_every_
     let double = SmtpDouble::start(vec![], Duration::from_millis(10)).await;
     let app = spawn_app().await;
     produce_backlog(&app, 3_000, 300).await;
-    let opts = |schema, group| replica_options(&double, &app, schema, group);
+    let opts = || DispatcherOptions::new(double.addr, &app);
     let mailed = |n: usize, what: &'static str| {
         let double = &double;
         async move {
@@ -654,19 +636,18 @@ async fn a_scale_up_and_a_rolling_restart_in_the_middle_of_a_backlog_mail_every_
         }
     };
 
-    let mut a = spawn_dispatcher(opts(None, None)).await;
-    let (schema, group) = (a.schema.clone(), a.group.clone());
+    let mut a = spawn_dispatcher(opts()).await;
     mailed(300, "replica a mailing the backlog").await;
     // Scale-up: a second replica joins the group.
-    let mut b = spawn_dispatcher(opts(Some(schema.clone()), Some(group.clone()))).await;
+    let mut b = spawn_dispatcher(opts().replica_of(&a)).await;
     mailed(900, "both replicas mailing").await;
     // Rolling restart: each replica in turn stops (as a deployment stops it) and a new one
     // takes its place.
     a.stop().await;
-    let mut a2 = spawn_dispatcher(opts(Some(schema.clone()), Some(group.clone()))).await;
+    let mut a2 = spawn_dispatcher(opts().replica_of(&a)).await;
     mailed(1_500, "the replacement of a mailing").await;
     b.stop().await;
-    let mut b2 = spawn_dispatcher(opts(Some(schema), Some(group))).await;
+    let mut b2 = spawn_dispatcher(opts().replica_of(&b)).await;
     assert!(
         double.accepted_count() < 3_000,
         "the restarts happened before the backlog was through"
@@ -684,25 +665,6 @@ async fn a_scale_up_and_a_rolling_restart_in_the_middle_of_a_backlog_mail_every_
     assert_eq!(accepted.len(), 3_000, "no event mailed twice");
     a2.stop().await;
     b2.stop().await;
-}
-
-/// A dispatcher of `app`'s topics mailing through `double`; with `schema` and `group`, another
-/// replica of the one that has them.
-fn replica_options(
-    double: &SmtpDouble,
-    app: &TestApp,
-    schema: Option<String>,
-    group: Option<String>,
-) -> DispatcherOptions {
-    DispatcherOptions {
-        smtp: double.addr.to_string(),
-        ticket_topic: app.topic.clone(),
-        codes_topic: app.codes_topic.clone(),
-        brokers: app.brokers.clone(),
-        schema,
-        group,
-        extra: vec![],
-    }
 }
 
 /// Publishes [`backlog_records`] onto the app's ticket topic, batched as a producer with a
@@ -779,8 +741,8 @@ fn backlog_records(n: usize, tickets: usize) -> Vec<(String, Vec<u8>)> {
 async fn two_dispatcher_replicas_share_the_work_across_a_rebalance_and_mail_each_event_once() {
     let double = SmtpDouble::start(vec![], Duration::from_millis(5)).await;
     let app = spawn_app().await;
-    let opts = |schema, group| replica_options(&double, &app, schema, group);
-    let mut first = spawn_dispatcher(opts(None, None)).await;
+    let opts = || DispatcherOptions::new(double.addr, &app);
+    let mut first = spawn_dispatcher(opts()).await;
     let giulia = agent("giulia");
     let customers: Vec<String> = (0..12).map(|i| unique(&format!("c{i}"))).collect();
     let mut tickets = Vec::new();
@@ -788,8 +750,7 @@ async fn two_dispatcher_replicas_share_the_work_across_a_rebalance_and_mail_each
         tickets.push(open_as(&app, &customer(c), "Help").await.ticket_id);
     }
     // A second replica joins while the first is mailing: the group rebalances.
-    let mut second =
-        spawn_dispatcher(opts(Some(first.schema.clone()), Some(first.group.clone()))).await;
+    let mut second = spawn_dispatcher(opts().replica_of(&first)).await;
     for round in 0..3 {
         for t in &tickets {
             reply_as(&app, &giulia, t, &format!("answer {round}")).await;

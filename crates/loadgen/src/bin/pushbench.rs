@@ -132,12 +132,18 @@ impl Service {
     }
 }
 
+/// The dispatcher's `/metrics` page; empty when it cannot be read.
+async fn metrics_text(admin_port: u16) -> String {
+    match reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await {
+        Ok(resp) => resp.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 async fn metric(admin_port: u16, name: &str) -> f64 {
-    let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await else {
-        return 0.0;
-    };
-    let body = resp.text().await.unwrap_or_default();
-    body.lines()
+    metrics_text(admin_port)
+        .await
+        .lines()
         .filter(|l| !l.starts_with('#') && l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -149,10 +155,7 @@ async fn metric(admin_port: u16, name: &str) -> f64 {
 async fn histogram_p99_ms(admin_port: u16, name: &str, count: u64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let body = match reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics")).await {
-            Ok(resp) => resp.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+        let body = metrics_text(admin_port).await;
         let mut buckets: std::collections::BTreeMap<u64, f64> = Default::default();
         let prefix = format!("{name}_bucket{{");
         for line in body.lines().filter(|l| l.starts_with(&prefix)) {

@@ -41,12 +41,15 @@ test: ## start the stack, then run every test (unit + integration)
 	@TIDINGS_DEV_KAFKA_STORAGE=$${TIDINGS_DEV_KAFKA_STORAGE:-memory} $(STACK) up
 	@psql "$(TEST_DB)" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 't\_%'" | PGOPTIONS='-c client_min_messages=warning' psql "$(TEST_DB)" -q >/dev/null
 	@# The chaos test runs alone after the rest: its load would be every other test's noise.
+	@# It runs the services' binaries, which a test run does not necessarily build.
+	cargo build --workspace --bins --quiet
 	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) cargo nextest run --workspace --no-fail-fast -E 'not binary(chaos)' \
 		&& DATABASE_URL=$(TEST_DB) cargo nextest run -p tidings-tests -E 'binary(chaos)'
 
 .PHONY: chaos
 chaos: ## faults under steady load for CHAOS_SECONDS (120): counts lost and duplicated notifications
 	@TIDINGS_DEV_KAFKA_STORAGE=$${TIDINGS_DEV_KAFKA_STORAGE:-memory} $(STACK) up
+	cargo build --workspace --bins --quiet
 	eval "$$($(STACK) env)"; DATABASE_URL=$(TEST_DB) TIDINGS_CHAOS_SECONDS=$${CHAOS_SECONDS:-120} \
 		cargo nextest run -p tidings-tests --no-capture -E 'binary(chaos)' 2>&1 | grep -E '^chaos|^ +(PASS|FAIL) \[|panicked'
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use crate::free_port;
+
 pub struct Broker {
     port: u16,
     storage: String,
@@ -19,14 +21,6 @@ pub struct Broker {
 
 fn tansu_bin() -> String {
     std::env::var("TANSU_BIN").unwrap_or_else(|_| "tansu".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 impl Broker {
@@ -55,6 +49,11 @@ impl Broker {
         b
     }
 
+    /// Where a durable broker writes its log (and keeps its data).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
+    }
+
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -64,9 +63,20 @@ impl Broker {
         assert!(self.child.is_none(), "broker already running");
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let mut command = Command::new(tansu_bin());
-        if let Some(dir) = &self.dir {
-            command.current_dir(dir);
-        }
+        let (stdout, stderr) = match &self.dir {
+            Some(dir) => {
+                command
+                    .current_dir(dir)
+                    .env("RUST_LOG", "warn,tansu_broker::coordinator=info");
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("tansu.log"))
+                    .expect("broker log");
+                (log.try_clone().expect("broker log").into(), log.into())
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         let child = command
             .args([
                 "broker",
@@ -77,8 +87,8 @@ impl Broker {
                 "--storage-engine",
                 &self.storage,
             ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("tansu is installed (make deps) or TANSU_BIN points at it");
@@ -112,7 +122,10 @@ impl Drop for Broker {
         if let Some(c) = self.child.as_mut() {
             let _ = c.start_kill();
         }
-        if let Some(dir) = &self.dir {
+        // A failing test keeps the durable broker's data and log for a look.
+        if let Some(dir) = &self.dir
+            && !std::thread::panicking()
+        {
             let _ = std::fs::remove_dir_all(dir);
         }
     }

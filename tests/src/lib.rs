@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod mail;
 pub mod pipeline;
+pub mod processes;
 pub mod push;
 
 use std::collections::{HashMap, HashSet};
@@ -420,6 +421,32 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A loopback port nothing listens on now, for a server that must keep its port across
+/// restarts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A metric's value from the admin endpoint at `admin`, summed over the label sets whose line
+/// contains `labels` (`""`: all of them).
+pub async fn metric(admin: std::net::SocketAddr, name: &str, labels: &str) -> f64 {
+    let body = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(name))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Whether a schema exists: a service that failed its start must not have created one.

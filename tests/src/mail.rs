@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::{GUEST_KEYS, SEAL_KEY, database_url, eventually};
+use crate::{GUEST_KEYS, SEAL_KEY, database_url, eventually, free_port};
 
 /// The shared MailDev of the dev stack (`TIDINGS_TEST_SMTP`, `TIDINGS_TEST_MAILDEV`).
 pub fn shared_smtp() -> String {
@@ -102,14 +102,6 @@ impl MailDev {
             .await
             .expect("maildev source")
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// A MailDev of a test's own, on fixed ports for its lifetime, that can be stopped and
@@ -494,17 +486,7 @@ impl TestDispatcher {
 
     /// Like `metric`, over the label sets whose line contains `labels` (e.g. `outcome="sent"`).
     pub async fn metric_where(&self, name: &str, labels: &str) -> f64 {
-        let body = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter(|l| l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        crate::metric(self.admin, name, labels).await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -525,56 +507,5 @@ impl TestDispatcher {
             || async { Some(self.count(sql).await).filter(|&c| c >= n) },
         )
         .await
-    }
-}
-
-/// An email dispatcher on a runtime of its own, so that a test can crash it: `crash` drops
-/// every task at its next await point, with nothing committed or finished — what a `kill -9`
-/// leaves behind, except that librdkafka still leaves the group.
-pub struct CrashableDispatcher {
-    runtime: Option<tokio::runtime::Runtime>,
-    pub dispatcher: TestDispatcher,
-}
-
-impl CrashableDispatcher {
-    pub async fn start(o: DispatcherOptions) -> Self {
-        let (runtime, dispatcher) = tokio::task::spawn_blocking(move || {
-            // Two workers, as the service's own runtime has on this machine: a rebalance
-            // callback that blocks on a synchronous commit must not stop the whole runtime.
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("dispatcher runtime");
-            let dispatcher = runtime.block_on(spawn_dispatcher(o));
-            (runtime, dispatcher)
-        })
-        .await
-        .expect("dispatcher starts");
-        // The test's queries get a pool of the test's runtime: the dispatcher's own is driven
-        // by the dispatcher's runtime, which may be busy (or gone) when the test asks.
-        let mut dispatcher = dispatcher;
-        let pool = tidings_store::connect(&database_url(), Some(&dispatcher.schema), 2)
-            .await
-            .expect("test pool");
-        let theirs = std::mem::replace(&mut dispatcher.pool, pool);
-        runtime.spawn(async move { drop(theirs) });
-        Self {
-            runtime: Some(runtime),
-            dispatcher,
-        }
-    }
-
-    /// Stops it at once (see the type).
-    pub fn crash(self) {
-        drop(self);
-    }
-}
-
-impl Drop for CrashableDispatcher {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }

@@ -1,5 +1,5 @@
-//! The whole pipeline for end-to-end fault tests: the ticket service, both dispatchers (the
-//! email one crashable), the SMTP double and the APNs double on a private broker, with one
+//! The whole pipeline in-process for end-to-end fault tests: the ticket service, both
+//! dispatchers, the SMTP double and the APNs double on a private broker, with one
 //! customer, one iPhone and four tickets.
 
 use std::collections::HashSet;
@@ -17,41 +17,14 @@ pub struct Pipeline {
     pub broker: Broker,
     pub app: TestApp,
     pub smtp: SmtpDouble,
-    pub email: EmailDispatcher,
+    pub email: TestDispatcher,
     pub push: PushStack,
     pub address: String,
     pub device: String,
     pub tickets: Vec<String>,
 }
 
-/// The email dispatcher of a pipeline: in the test's runtime, or on one of its own that the
-/// test can crash.
-pub enum EmailDispatcher {
-    InProcess(TestDispatcher),
-    OwnRuntime(CrashableDispatcher),
-}
-
-impl EmailDispatcher {
-    pub fn get(&self) -> &TestDispatcher {
-        match self {
-            EmailDispatcher::InProcess(d) => d,
-            EmailDispatcher::OwnRuntime(c) => &c.dispatcher,
-        }
-    }
-}
-
-/// The pipeline with its email dispatcher in the test's runtime.
 pub async fn pipeline(broker: Broker, smtp_delay: Duration) -> Pipeline {
-    build(broker, smtp_delay, false).await
-}
-
-/// The pipeline with its email dispatcher on a runtime of its own (see
-/// [`CrashableDispatcher`]).
-pub async fn crashable_pipeline(broker: Broker, smtp_delay: Duration) -> Pipeline {
-    build(broker, smtp_delay, true).await
-}
-
-async fn build(broker: Broker, smtp_delay: Duration, crashable: bool) -> Pipeline {
     let app = spawn_app_with(SpawnOptions {
         brokers: broker.address(),
         ..Default::default()
@@ -59,11 +32,7 @@ async fn build(broker: Broker, smtp_delay: Duration, crashable: bool) -> Pipelin
     .await;
     let smtp = SmtpDouble::start(vec![], smtp_delay).await;
     let options = DispatcherOptions::new(smtp.addr, &app);
-    let email = if crashable {
-        EmailDispatcher::OwnRuntime(CrashableDispatcher::start(options).await)
-    } else {
-        EmailDispatcher::InProcess(spawn_dispatcher(options).await)
-    };
+    let email = spawn_dispatcher(options).await;
     let push = spawn_push(&app, vec![]).await;
     let sub = unique("ann");
     let ann = customer(&sub);
@@ -146,7 +115,6 @@ impl Pipeline {
         eventually(Duration::from_secs(30), "every send recorded", || async {
             (self
                 .email
-                .get()
                 .count("SELECT count(*) FROM email_sends WHERE outcome = 'sent'")
                 .await
                 >= events as i64)

@@ -73,49 +73,12 @@ pub async fn try_spawn_push(
         Some(first) => (first.schema.clone(), first.group_id.clone()),
         None => (format!("t_{id}"), format!("test-push-{id}")),
     };
-    let notification_topic = format!("{}.notifications", app.topic);
-    let dead_letter_topic = format!("{}.push-dlq", app.topic);
-    let mut vars: HashMap<&str, String> = [
-        ("DATABASE_URL", database_url()),
-        ("KAFKA_BROKERS", app.brokers.clone()),
-        ("TIDINGS_PUSH_DB_SCHEMA", schema.clone()),
-        ("TIDINGS_PUSH_DB_MAX_CONNECTIONS", "4".into()),
-        ("TIDINGS_PUSH_GRPC_ADDR", "127.0.0.1:0".into()),
-        ("TIDINGS_PUSH_ADMIN_ADDR", "127.0.0.1:0".into()),
-        ("TIDINGS_TICKET_EVENTS_TOPIC", app.topic.clone()),
-        (
-            "TIDINGS_NOTIFICATION_EVENTS_TOPIC",
-            notification_topic.clone(),
-        ),
-        ("TIDINGS_PUSH_DLQ_TOPIC", dead_letter_topic.clone()),
-        ("TIDINGS_PUSH_GROUP_ID", group_id.clone()),
-        ("TIDINGS_TOPIC_PARTITIONS", "3".into()),
-        ("TIDINGS_OUTBOX_POLL_MS", "200".into()),
-        ("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", "3000".into()),
-        ("TIDINGS_JWT_HS256_SECRET", JWT_SECRET.into()),
-        ("TIDINGS_APNS_URL", doubles.apns_url.clone()),
-        (
-            "TIDINGS_APNS_CA_FILE",
-            doubles.ca_file.display().to_string(),
-        ),
-        (
-            "TIDINGS_APNS_KEY_FILE",
-            doubles.apns_key_file.display().to_string(),
-        ),
-        ("TIDINGS_APNS_KEY_ID", doubles.apns_key_id.clone()),
-        ("TIDINGS_APNS_TEAM_ID", doubles.apns_team_id.clone()),
-        ("TIDINGS_FCM_URL", doubles.fcm_url.clone()),
-        ("TIDINGS_FCM_CA_FILE", doubles.ca_file.display().to_string()),
-        (
-            "TIDINGS_FCM_SERVICE_ACCOUNT_FILE",
-            doubles.fcm_service_account_file.display().to_string(),
-        ),
-        ("TIDINGS_PUSH_RETRY_FIRST_MS", "100".into()),
-        ("TIDINGS_PUSH_RETRY_MAX_MS", "500".into()),
-        ("TIDINGS_PUSH_HOLD_POLL_MS", "100".into()),
-    ]
-    .into_iter()
-    .collect();
+    let mut vars: HashMap<&str, String> =
+        push_vars(&doubles, &app.topic, &app.brokers, &schema, &group_id)
+            .into_iter()
+            .collect();
+    let notification_topic = vars["TIDINGS_NOTIFICATION_EVENTS_TOPIC"].clone();
+    let dead_letter_topic = vars["TIDINGS_PUSH_DLQ_TOPIC"].clone();
     for (k, v) in extra {
         vars.insert(k, v);
     }
@@ -141,6 +104,56 @@ pub async fn try_spawn_push(
     })
 }
 
+/// The push dispatcher's environment for a test: what an operator would set, with `doubles`
+/// as APNs and FCM.
+pub fn push_vars(
+    doubles: &Doubles,
+    ticket_topic: &str,
+    brokers: &str,
+    schema: &str,
+    group: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url()),
+        ("KAFKA_BROKERS", brokers.to_owned()),
+        ("TIDINGS_PUSH_DB_SCHEMA", schema.to_owned()),
+        ("TIDINGS_PUSH_DB_MAX_CONNECTIONS", "4".into()),
+        ("TIDINGS_PUSH_GRPC_ADDR", "127.0.0.1:0".into()),
+        ("TIDINGS_PUSH_ADMIN_ADDR", "127.0.0.1:0".into()),
+        ("TIDINGS_TICKET_EVENTS_TOPIC", ticket_topic.to_owned()),
+        (
+            "TIDINGS_NOTIFICATION_EVENTS_TOPIC",
+            format!("{ticket_topic}.notifications"),
+        ),
+        ("TIDINGS_PUSH_DLQ_TOPIC", format!("{ticket_topic}.push-dlq")),
+        ("TIDINGS_PUSH_GROUP_ID", group.to_owned()),
+        ("TIDINGS_TOPIC_PARTITIONS", "3".into()),
+        ("TIDINGS_OUTBOX_POLL_MS", "200".into()),
+        ("TIDINGS_KAFKA_MESSAGE_TIMEOUT_MS", "3000".into()),
+        ("TIDINGS_JWT_HS256_SECRET", JWT_SECRET.into()),
+        ("TIDINGS_APNS_URL", doubles.apns_url.clone()),
+        (
+            "TIDINGS_APNS_CA_FILE",
+            doubles.ca_file.display().to_string(),
+        ),
+        (
+            "TIDINGS_APNS_KEY_FILE",
+            doubles.apns_key_file.display().to_string(),
+        ),
+        ("TIDINGS_APNS_KEY_ID", doubles.apns_key_id.clone()),
+        ("TIDINGS_APNS_TEAM_ID", doubles.apns_team_id.clone()),
+        ("TIDINGS_FCM_URL", doubles.fcm_url.clone()),
+        ("TIDINGS_FCM_CA_FILE", doubles.ca_file.display().to_string()),
+        (
+            "TIDINGS_FCM_SERVICE_ACCOUNT_FILE",
+            doubles.fcm_service_account_file.display().to_string(),
+        ),
+        ("TIDINGS_PUSH_RETRY_FIRST_MS", "100".into()),
+        ("TIDINGS_PUSH_RETRY_MAX_MS", "500".into()),
+        ("TIDINGS_PUSH_HOLD_POLL_MS", "100".into()),
+    ]
+}
+
 impl PushStack {
     pub async fn devices(&self) -> DeviceServiceClient<Channel> {
         DeviceServiceClient::connect(format!("http://{}", self.grpc))
@@ -156,17 +169,7 @@ impl PushStack {
 
     /// A metric's value summed over the label sets whose line contains `labels`.
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let body = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics body");
-        body.lines()
-            .filter(|l| !l.starts_with('#') && l.starts_with(name))
-            .filter(|l| l[name.len()..].starts_with(['{', ' ']) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        crate::metric(self.admin, name, labels).await
     }
 
     /// Waits until the dispatcher has handled `n` ticket events.

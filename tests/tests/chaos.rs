@@ -1,26 +1,31 @@
-//! Chaos, short form: the whole pipeline under a steady load of agent replies while, at
-//! moments drawn at random around a fixed order, the SMTP server goes away for a while, APNs
-//! answers 503, the durable broker is killed and restarted, the email dispatcher crashes and
-//! is started again, and a second email-dispatcher replica in the same group is rolled
-//! (stopped as a deployment stops it, and replaced). At the end, per event and channel:
-//! nothing lost, nothing pushed twice, and at most the sends in flight at the crash mailed
-//! twice. `make chaos` runs it longer (`TIDINGS_CHAOS_SECONDS`).
+//! Chaos, short form: the whole system as separate processes — the ticket service and two
+//! replicas of each dispatcher, built binaries configured by environment variables — under a
+//! steady load of agent replies while, at moments drawn at random around a fixed order, the
+//! SMTP server goes away for a while, the ticket service is killed with SIGKILL and restarted,
+//! APNs answers 503, the durable broker is killed and restarted, one replica of each
+//! dispatcher is killed with SIGKILL and restarted, and the other replica of each is rolled
+//! (SIGTERM, as a deployment stops it, and started again). At the end, per event and channel:
+//! nothing lost, and nothing sent twice beyond the sends in flight at the kills. `make chaos`
+//! runs it longer (`TIDINGS_CHAOS_SECONDS`).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tidings_push_doubles::Failure;
 use tidings_tests::broker::Broker;
-use tidings_tests::mail::{CrashableDispatcher, DispatcherOptions, spawn_dispatcher};
-use tidings_tests::pipeline::{EmailDispatcher, crashable_pipeline, message_id};
-use tidings_tests::*;
+use tidings_tests::pipeline::message_id;
+use tidings_tests::processes::System;
 
-/// Sends the email dispatcher may have in flight when it crashes, per crash: its SMTP
-/// sessions (4 in the tests' configuration, 2 more for codes), each one message.
-const MAX_MAILED_TWICE_PER_CRASH: usize = 6;
+/// Mails the email dispatcher may have in flight when it is killed: its SMTP sessions (4 in
+/// the tests' configuration, 2 more for codes), each one message.
+const MAX_MAILED_TWICE_PER_KILL: usize = 6;
+
+/// Pushes the push dispatcher may have in flight to the one customer when it is killed: a
+/// ticket's records are handled one at a time, and the customer has four tickets.
+const MAX_PUSHED_TWICE_PER_KILL: usize = 4;
 
 /// Seconds per round of faults.
-const ROUND: f64 = 12.0;
+const ROUND: f64 = 15.0;
 
 /// A fraction in [lo, hi), from fresh randomness.
 fn between(lo: f64, hi: f64) -> f64 {
@@ -29,77 +34,78 @@ fn between(lo: f64, hi: f64) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_load_outages_a_broker_restart_a_dispatcher_crash_and_a_replica_roll_lose_nothing() {
+async fn under_load_outages_broker_restarts_kills_and_rolls_of_every_service_lose_nothing() {
     let seconds: f64 = std::env::var("TIDINGS_CHAOS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(ROUND);
-    let mut p = crashable_pipeline(Broker::start_durable().await, Duration::ZERO).await;
-    // Another replica of the email dispatcher (and, after a crash, its replacement): same
-    // schema, same group.
-    let replica_options = |p: &tidings_tests::pipeline::Pipeline| {
-        DispatcherOptions::new(p.smtp.addr, &p.app).replica_of(p.email.get())
-    };
-    let mut replica = spawn_dispatcher(replica_options(&p)).await;
-    // Rounds of ROUND seconds, each with every fault once, at moments of its own.
+    let mut s = System::start(Broker::start_durable().await).await;
+    println!(
+        "chaos: service logs in {}, the broker's in {:?}",
+        s.log_dir.display(),
+        s.broker.dir()
+    );
     let rounds = ((seconds / ROUND).round() as u32).max(1);
     let mut replies = 0;
     for round in 0..rounds {
-        // When each fault starts and ends, as fractions of the round.
-        let smtp_down = (between(0.05, 0.15), between(0.20, 0.30));
-        let apns_503 = between(0.30, 0.40);
-        let broker_down = (between(0.45, 0.50), between(0.55, 0.60));
-        let crash = between(0.70, 0.80);
-        let roll = between(0.85, 0.95);
+        // When each fault happens, as fractions of the round.
+        let smtp_down = (between(0.05, 0.10), between(0.15, 0.20));
+        let ticket_kill = between(0.22, 0.28);
+        let apns_503 = between(0.30, 0.35);
+        let broker_down = (between(0.40, 0.45), between(0.50, 0.55));
+        let email_kill = between(0.60, 0.66);
+        let push_kill = between(0.68, 0.74);
+        let roll = between(0.80, 0.90);
         println!(
-            "chaos round {round}: smtp down {smtp_down:.2?}, apns 503 at {apns_503:.2}, \
-             broker down {broker_down:.2?}, email dispatcher crash at {crash:.2}, \
-             replica roll at {roll:.2}"
+            "chaos round {round}: smtp down {smtp_down:.2?}, ticket service kill at \
+             {ticket_kill:.2}, apns 503 at {apns_503:.2}, broker down {broker_down:.2?}, \
+             email kill at {email_kill:.2}, push kill at {push_kill:.2}, roll at {roll:.2}"
         );
         let started = Instant::now();
         let at = |f: f64| started + Duration::from_secs_f64(ROUND * f);
-        let mut done = [false; 7];
+        let mut done = [false; 9];
         while Instant::now() < at(1.0) {
-            p.reply(replies).await;
+            s.reply(replies).await;
             replies += 1;
             let now = Instant::now();
-            if !done[0] && now >= at(smtp_down.0) {
-                done[0] = true;
-                p.smtp.set_unavailable(true);
+            // Whether fault `i`, due at fraction `f`, is to happen now (once).
+            let mut due = |i: usize, f: f64| {
+                let now_due = !done[i] && now >= at(f);
+                done[i] |= now_due;
+                now_due
+            };
+            if due(0, smtp_down.0) {
+                s.smtp.set_unavailable(true);
             }
-            if !done[1] && now >= at(smtp_down.1) {
-                done[1] = true;
-                p.smtp.set_unavailable(false);
+            if due(1, smtp_down.1) {
+                s.smtp.set_unavailable(false);
             }
-            if !done[2] && now >= at(apns_503) {
-                done[2] = true;
-                p.push
-                    .doubles
-                    .fail(&p.device, Failure::Unavailable, Some(10));
+            if due(2, ticket_kill) {
+                s.ticket.kill().await;
+                s.ticket.spawn();
             }
-            if !done[3] && now >= at(broker_down.0) {
-                done[3] = true;
-                p.broker.stop().await;
+            if due(3, apns_503) {
+                s.doubles.fail(&s.device, Failure::Unavailable, Some(10));
             }
-            if !done[4] && now >= at(broker_down.1) {
-                done[4] = true;
-                p.broker.resume().await;
+            if due(4, broker_down.0) {
+                s.broker.stop().await;
             }
-            if !done[5] && now >= at(crash) {
-                done[5] = true;
-                let options = replica_options(&p);
-                let crashed = std::mem::replace(
-                    &mut p.email,
-                    EmailDispatcher::OwnRuntime(CrashableDispatcher::start(options).await),
-                );
-                if let EmailDispatcher::OwnRuntime(crashed) = crashed {
-                    crashed.crash();
+            if due(5, broker_down.1) {
+                s.broker.resume().await;
+            }
+            if due(6, email_kill) {
+                s.email[0].kill().await;
+                s.email[0].spawn();
+            }
+            if due(7, push_kill) {
+                s.push[0].kill().await;
+                s.push[0].spawn();
+            }
+            if due(8, roll) {
+                for replica in [&mut s.email[1], &mut s.push[1]] {
+                    replica.terminate().await;
+                    replica.start().await;
                 }
-            }
-            if !done[6] && now >= at(roll) {
-                done[6] = true;
-                replica.stop().await;
-                replica = spawn_dispatcher(replica_options(&p)).await;
             }
             // The load's pace (20 replies a second), not a wait for a condition.
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -107,42 +113,33 @@ async fn under_load_outages_a_broker_restart_a_dispatcher_crash_and_a_replica_ro
         assert!(done.iter().all(|d| *d), "every fault happened: {done:?}");
     }
 
-    // Every event: the four openings and the replies.
+    // Every event: the four openings and the replies. Each is recorded once it was sent;
+    // a record handled again after a kill finds its send recorded and sends nothing.
     let events = 4 + replies;
-    let distinct_mails = || {
-        p.smtp
-            .to(&p.address)
-            .iter()
-            .filter_map(|m| message_id(&m.data).map(str::to_owned))
-            .collect::<HashSet<_>>()
-            .len()
-    };
-    eventually(
-        Duration::from_secs(120),
-        &format!("a mail for each of {events} events"),
-        || async { (distinct_mails() >= events).then_some(()) },
-    )
-    .await;
-    eventually(
-        Duration::from_secs(120),
-        &format!("a push for each of {replies} replies"),
-        || async {
-            let ids: HashSet<String> = p
-                .push
-                .doubles
-                .pushes_to(&p.device)
-                .iter()
-                .filter_map(|x| x.headers.get("apns-id").cloned())
-                .collect();
-            (ids.len() >= replies).then_some(())
-        },
-    )
-    .await;
-    p.push.consumed(events, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (mailed, pushed) = s.recorded_sends().await;
+        if mailed >= events as i64 && pushed >= replies as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "within 120 s, {mailed} of {events} mails and {pushed} of {replies} pushes \
+             recorded as sent\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
-    let mails = p.smtp.to(&p.address);
-    let mailed_twice = mails.len() - distinct_mails();
-    let pushes = p.push.doubles.pushes_to(&p.device);
+    let mails = s.smtp.to(&s.address);
+    let distinct_mails: HashSet<&str> = mails.iter().filter_map(|m| message_id(&m.data)).collect();
+    let pushes = s.doubles.pushes_to(&s.device);
+    let distinct_pushes: HashSet<&str> = pushes
+        .iter()
+        .filter_map(|p| p.headers.get("apns-id").map(String::as_str))
+        .collect();
+    let mailed_twice = mails.len() - distinct_mails.len();
+    let pushed_twice = pushes.len() - distinct_pushes.len();
     let mut times: Vec<Instant> = mails.iter().map(|m| m.at).collect();
     times.sort();
     let longest_silence = times
@@ -151,21 +148,29 @@ async fn under_load_outages_a_broker_restart_a_dispatcher_crash_and_a_replica_ro
         .max()
         .unwrap_or_default();
     println!(
-        "chaos: {rounds} rounds, {replies} replies; mails {} for {events} events ({mailed_twice} twice), \
-         pushes {} for {replies} replies; longest silence between mails {:.1} s",
+        "chaos: {rounds} rounds, {replies} replies; mails {} for {events} events ({mailed_twice} \
+         twice), pushes {} for {replies} replies ({pushed_twice} twice); longest silence \
+         between mails {:.1} s",
         mails.len(),
         pushes.len(),
         longest_silence.as_secs_f64()
     );
     assert_eq!(
-        distinct_mails(),
+        distinct_mails.len(),
         events,
         "no mail lost, none for an unknown event"
     );
-    assert!(
-        mailed_twice <= MAX_MAILED_TWICE_PER_CRASH * rounds as usize,
-        "{mailed_twice} mails sent twice: more than the sends in flight at {rounds} crashes"
+    assert_eq!(
+        distinct_pushes.len(),
+        replies,
+        "no push lost, none for an unknown event"
     );
-    assert_eq!(pushes.len(), replies, "every push once");
-    replica.stop().await;
+    assert!(
+        mailed_twice <= MAX_MAILED_TWICE_PER_KILL * rounds as usize,
+        "{mailed_twice} mails sent twice: more than in flight at {rounds} kills"
+    );
+    assert!(
+        pushed_twice <= MAX_PUSHED_TWICE_PER_KILL * rounds as usize,
+        "{pushed_twice} pushes sent twice: more than in flight at {rounds} kills"
+    );
 }

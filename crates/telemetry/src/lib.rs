@@ -74,7 +74,12 @@ pub fn init(
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_target(false).boxed()
+        // Colours only for a person at a terminal, not in files or a log collector.
+        use std::io::IsTerminal as _;
+        tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::stdout().is_terminal())
+            .boxed()
     };
     let installed = tracing_subscriber::registry()
         .with(otel)

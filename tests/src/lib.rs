@@ -100,7 +100,7 @@ pub fn config_with(
         .into_iter()
         .chain(extra)
         .collect();
-    let env = tidings_telemetry::config::Env::with_lookup(move |k| vars.get(k).cloned());
+    let env = tidings_config::Env::with_lookup(move |k| vars.get(k).cloned());
     Config::load(env).expect("test configuration is valid")
 }
 

@@ -449,9 +449,11 @@ pub async fn spawn_dispatcher(o: DispatcherOptions) -> TestDispatcher {
     let vars: HashMap<&str, String> = dispatcher_vars(&o, &schema, &group).into_iter().collect();
     let notification_topic = vars["TIDINGS_NOTIFICATION_EVENTS_TOPIC"].clone();
     let dead_letter_topic = vars["TIDINGS_EMAIL_DLQ_TOPIC"].clone();
-    let env = tidings_telemetry::config::Env::with_lookup(move |k| vars.get(k).cloned());
+    let env = tidings_config::Env::with_lookup(move |k| vars.get(k).cloned());
     let config = Config::load(env).expect("test dispatcher configuration is valid");
-    let app = Application::build(config).await.expect("dispatcher starts");
+    let app = Application::build(config, Arc::new(tidings_domain::clock::SystemClock))
+        .await
+        .expect("dispatcher starts");
     let admin = app.admin_addr().expect("admin port");
     let pool = tidings_store::connect(&database_url(), Some(&schema), 2)
         .await

@@ -83,7 +83,7 @@ pub async fn try_spawn_push(
         vars.insert(k, v);
     }
     let schema = vars["TIDINGS_PUSH_DB_SCHEMA"].clone();
-    let env = tidings_telemetry::config::Env::with_lookup(move |k| vars.get(k).cloned());
+    let env = tidings_config::Env::with_lookup(move |k| vars.get(k).cloned());
     let config = Config::load(env).expect("test push configuration is valid");
     let clock = ManualClock::new(chrono::Utc::now());
     let app = Application::build(config, Arc::new(clock.clone())).await?;

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use tidings_config::Env;
 use tidings_domain::{AccountId, Actor, DisplayName, Email, Locale, TicketId};
 use tidings_guest_access::{GuestSession, Keyring, TokenError, is_session_token};
-use tidings_telemetry::config::Env;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {

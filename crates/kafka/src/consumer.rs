@@ -5,9 +5,9 @@
 //! that key arrived meanwhile, one after another, and ends when the key has none left. So
 //! one ticket's records are handled in order while other tickets' records proceed in other
 //! lanes — a ticket whose handler is retrying does not hold up the partition for everybody
-//! else, and no ticket waits behind another that merely shares a lane (lanes used to be a
-//! fixed set chosen by a hash of the key: at the end of a 50,000-record backlog the last
-//! few hundred records waited behind unrelated tickets for ~300 ms).
+//! else, and no ticket waits behind another that merely shares a lane, as it would with a
+//! fixed set of lanes chosen by a hash of the key (at the end of a backlog, the last records
+//! would wait behind unrelated tickets; docs/performance.md has the measurement).
 //!
 //! Offsets are committed only up to the oldest record of a partition that is not yet handled
 //! (a watermark), so nothing is committed before it was handled: every `commit_interval`, at
@@ -59,7 +59,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// handle — the loop at shutdown, or a runtime dropping its tasks — does not close it
 /// there: closing polls librdkafka until the group has been left, which never ends while
 /// the broker is unreachable, and a tokio worker stuck there stops every task on it (a
-/// test whose broker was already gone hung in its runtime's shutdown that way). The close
+/// runtime shutting down after the broker is gone would hang that way). The close
 /// runs on a thread of its own, and `closed` says when it is done.
 struct GroupConsumer {
     inner: Option<StreamConsumer<TrackingContext>>,
@@ -85,7 +85,7 @@ impl Drop for GroupConsumer {
                 let _ = closed.send(());
             }
         };
-        // Without a thread (none can be created) the close runs here, as before.
+        // Without a thread (none can be created) the close runs here, on the dropping one.
         let _ = std::thread::Builder::new()
             .name("kafka-close".into())
             .spawn(close);
@@ -151,15 +151,15 @@ pub struct ConsumerConfig {
     /// Records polled but not yet handled; polling pauses at this bound.
     pub max_in_flight: usize,
     pub dead_letter_topic: String,
-    /// How often librdkafka commits the stored offsets.
+    /// How often the loop commits the handled offsets.
     pub commit_interval: Duration,
     /// Where a group without committed offsets starts: `earliest` (nothing published before
     /// the first start is missed) or `latest` (a new deployment does not notify the past).
     pub offset_reset: String,
     /// How long the broker may hold a fetch waiting for data. Apache Kafka answers as soon as
     /// a record arrives, so a low value only adds idle fetches; tansu holds every fetch for
-    /// the whole wait, so it sits directly in the notification latency (100 ms: p50 160 ms
-    /// end to end; 5 ms: 12 ms).
+    /// the whole wait, so it sits directly in the notification latency (docs/performance.md,
+    /// push dispatcher).
     pub fetch_wait: Duration,
 }
 
@@ -180,7 +180,7 @@ impl ConsumerSettings {
     /// `defaults` holds the lanes and in-flight bound to use when the environment says
     /// nothing.
     pub fn from_env<F: Fn(&str) -> Option<String>>(
-        env: &mut tidings_telemetry::config::Env<F>,
+        env: &mut tidings_config::Env<F>,
         prefix: &str,
         default_group: &str,
         defaults: (usize, usize),
@@ -622,7 +622,7 @@ pub async fn run_consumer<H: Handler>(
                 .set("queued.max.messages.kbytes", "8192")
                 // When that queue is full librdkafka postpones the partition's next fetch by this
                 // much (1 s by default; its documentation says to lower it with a low queue
-                // bound): the last records of a backlog trickled in for up to a second.
+                // bound): otherwise the last records of a backlog trickle in for up to a second.
                 .set("fetch.queue.backoff.ms", "20")
                 .create_with_context(TrackingContext {
                     tracking: tracking.clone(),
@@ -741,7 +741,7 @@ pub async fn run_consumer<H: Handler>(
     // Serve the revocation that leaving triggers before the consumer is dropped: librdkafka
     // can hang forever when a rebalance is still pending as the consumer closes (it asks
     // its main thread for the rebalance protocol, which no longer answers; librdkafka
-    // #4041, rust-rdkafka #509). Seen once, in the two-replica email test.
+    // #4041, rust-rdkafka #509); stopping two replicas mid-rebalance is enough to hit it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while consumer.assignment().is_ok_and(|a| a.count() > 0)
         && tokio::time::Instant::now() < deadline
@@ -914,8 +914,8 @@ async fn lane<H: Handler>(
 /// loop go on. Fails only when shutdown interrupted it.
 async fn handle_one<H: Handler>(d: &Delivery, s: &LaneShared<H>) -> Result<(), ()> {
     let name = s.name;
-    // Boxed: a lane waiting for records need not hold the space of a handler's future
-    // (the email dispatcher's idle RSS fell by ~4 MiB).
+    // Boxed: a lane waiting for records need not hold the space of a handler's future,
+    // which across a thousand lanes is megabytes of idle memory.
     let outcome = std::panic::AssertUnwindSafe(Box::pin(s.handler.handle(d)))
         .catch_unwind()
         .await

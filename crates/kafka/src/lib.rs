@@ -23,7 +23,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
-use tidings_telemetry::config::Env;
+use tidings_config::Env;
 
 /// How topics are created when missing: `TIDINGS_TOPIC_PARTITIONS`, `TIDINGS_TOPIC_REPLICATION`.
 #[derive(Debug, Clone, Copy)]

@@ -2,7 +2,6 @@
 //! W3C trace context, environment configuration that reports all mistakes at once, and the
 //! shutdown signal.
 
-pub mod config;
 pub mod trace_context;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -168,7 +167,7 @@ pub struct RuntimeSettings {
 
 impl RuntimeSettings {
     /// `TIDINGS_LOG_FORMAT`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `TIDINGS_SHUTDOWN_GRACE_SECS`.
-    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &mut config::Env<F>) -> Self {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &mut tidings_config::Env<F>) -> Self {
         Self {
             log_json: env.log_json(),
             otlp_endpoint: env.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),

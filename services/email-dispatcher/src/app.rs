@@ -15,12 +15,14 @@ use crate::config::Config;
 use crate::handler::{AccessCodes, Dispatch, Links, TicketEvents};
 use crate::mailer::SmtpMailer;
 use tidings_delivery::{OutcomeEvents, SendLog};
+use tidings_domain::clock::Clock;
 use tidings_proto::events::v1::Channel;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Send-record batches written at once, on the SMTP session thread. With one, records queued
-/// behind the batch in flight: crash window p99 <= 100 ms in the benchmark; with four <= 10.
+/// Send-record batches written at once, on the SMTP session thread. With one, a record queues
+/// behind the batch in flight and the crash window grows by that batch's commit; with four it
+/// commits about one write after it was queued (docs/delivery.md, "The crash window").
 const RECORD_WRITERS: usize = 4;
 
 /// Lanes of the access-codes consumer, at most.
@@ -38,7 +40,7 @@ impl Application {
     /// Binds its admin port, connects, migrates its own schema, creates the topics it reads
     /// and writes if missing (best effort: a broker outage must not keep it from starting),
     /// and starts consuming.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         // Bind first: a port that is taken must fail the start before anything is migrated
         // or any consumer joins its group. Until `build` returns, the guard stops what has
         // been spawned.
@@ -74,8 +76,10 @@ impl Application {
 
         let failed = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(
-            // Fewer, larger produce requests: at 14,000 outcome events/s a 1 ms linger kept
-            // the producer's broker thread at ~16 % of a core.
+            // Fewer, larger produce requests: at thousands of outcome events a second a 1 ms
+            // linger makes the producer's broker thread a sizeable share of a core. The wait
+            // holds a lane, never an SMTP session, so it does not slow the sending
+            // (docs/performance.md).
             Publisher::new(
                 &config.kafka,
                 config.topics,
@@ -123,6 +127,7 @@ impl Application {
                 channel: Channel::Email,
             },
             retry: config.retry.clone(),
+            clock,
             shutdown: shutdown.clone(),
         });
         let dlq = &config.dead_letter_topic;

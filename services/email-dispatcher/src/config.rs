@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tidings_config::{ConfigError, Env};
 use tidings_guest_access::{CodeSealer, Keyring};
 use tidings_kafka::{ConsumerSettings, KafkaSettings, TopicSettings};
 use tidings_telemetry::RuntimeSettings;
-use tidings_telemetry::config::{ConfigError, Env};
 
 use lettre::message::Mailbox;
 use tidings_delivery::Retry;
@@ -91,9 +91,9 @@ impl Config {
             "TIDINGS_EMAIL",
             "tidings-email-dispatcher",
             // Each lane waits on the send log, an SMTP session and the broker in turn, and
-            // the sessions must never wait for a lane. Benchmark, one round each: 512 lanes
-            // with 1,200 in flight 25,500 emails/s (64 MiB), 1,024 / 2,000 26,400-27,700
-            // (74 MiB), 2,048 / 2,000 27,800 (84 MiB).
+            // the sessions must never wait for a lane, so a backlog needs about a thousand
+            // lanes; more buy little and cost memory (docs/performance.md has the measured
+            // alternatives).
             (1024, 2000),
         );
         let smtp_url = env.secret("TIDINGS_SMTP_URL");
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn debug_output_carries_no_secret() {
-        tidings_telemetry::config::assert_debug_hides_secrets(
+        tidings_config::assert_debug_hides_secrets(
             Config::load,
             &[
                 (

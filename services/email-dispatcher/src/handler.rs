@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tidings_domain::TicketUpdate;
+use tidings_domain::clock::Clock;
 use tidings_guest_access::{CodeSealer, Keyring};
 use tidings_kafka::{Delivery, Handler, Unhandled};
 use tidings_notify::{Audience, EmailKind, EmailPlan, plan_code_email, plan_email};
@@ -55,6 +56,8 @@ pub struct Dispatch<M> {
     /// Right-hand side of Message-IDs (the sender's domain).
     pub message_id_domain: String,
     pub retry: Retry,
+    /// What plans and links are decided against (a code's expiry, a link's lifetime).
+    pub clock: Arc<dyn Clock>,
     pub shutdown: CancellationToken,
 }
 
@@ -101,7 +104,7 @@ impl<M: Mailer> Handler for AccessCodes<M> {
         );
         async {
             let update = decode(d)?;
-            let plan = match plan_code_email(&update, Utc::now()) {
+            let plan = match plan_code_email(&update, self.0.clock.now()) {
                 Ok(plan) => plan,
                 Err(reason) => {
                     tracing::info!(ticket_id = %update.ticket_id, ?reason, "code request not mailed");
@@ -180,7 +183,7 @@ impl<M: Mailer> Dispatch<M> {
             Uuid::new_v5(&update.event_id, format!("email|{recipient}").as_bytes()),
             self.message_id_domain
         );
-        let link = self.links.for_plan(plan, update, Utc::now());
+        let link = self.links.for_plan(plan, update, self.clock.now());
         let rendered = render(&Content {
             kind: plan.kind,
             lang: Lang::of(&plan.locale),

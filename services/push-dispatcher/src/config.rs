@@ -12,7 +12,7 @@ use tidings_kafka::{ConsumerSettings, KafkaSettings, TopicSettings};
 use tidings_telemetry::RuntimeSettings;
 
 use crate::registry::InvalidationGuard;
-use tidings_telemetry::config::{ConfigError, Env};
+use tidings_config::{ConfigError, Env};
 
 #[derive(Clone)]
 pub struct Config {
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn debug_output_carries_no_secret() {
-        tidings_telemetry::config::assert_debug_hides_secrets(
+        tidings_config::assert_debug_hides_secrets(
             Config::load,
             &[
                 (

@@ -1,5 +1,5 @@
 //! Ticket service configuration, read from the environment and validated as a whole before
-//! anything binds a port. The README has the table of every variable.
+//! anything binds a port. docs/configuration.md has the table of every variable.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use tidings_auth::JwtSettings;
+use tidings_config::{ConfigError, Env};
 use tidings_guest_access::{CodeSealer, Keyring};
 use tidings_kafka::{KafkaSettings, TopicSettings};
 use tidings_telemetry::RuntimeSettings;
-use tidings_telemetry::config::{ConfigError, Env};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn debug_output_carries_no_secret() {
-        tidings_telemetry::config::assert_debug_hides_secrets(
+        tidings_config::assert_debug_hides_secrets(
             Config::load,
             &[
                 (

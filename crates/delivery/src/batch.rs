@@ -12,9 +12,9 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Takes one request, then whatever else is already waiting, up to `BATCH`. Under heavy load
 /// (the previous batch held `LINGER_BELOW` requests or more) a smaller batch waits once for
-/// `LINGER` to collect more: fewer, larger statements and commits (Postgres at 53 % → 35 %
-/// of a core in the email benchmark). Moderate load (a push per device at 500 replies/s) and
-/// an idle dispatcher never wait.
+/// `LINGER` to collect more: fewer, larger statements and commits, which cost Postgres
+/// markedly less under load (docs/performance.md has the measurement). Moderate load (a push
+/// per device at 500 replies/s) and an idle dispatcher never wait.
 pub(crate) async fn next_batch<T>(
     rx: &mut mpsc::UnboundedReceiver<T>,
     previous: usize,

@@ -5,7 +5,8 @@
 //! A message the provider accepted is recorded at once, while its outcome event is being
 //! published: the time between the provider's acceptance and the record is the crash window
 //! in which a `kill -9` sends the message again after the restart, and waiting for the
-//! broker's acknowledgement first made it 0.5–1 s under load. A crash between the record and
+//! broker's acknowledgement first would add that wait to it, under load far more than the
+//! commit itself (docs/delivery.md, "The crash window"). A crash between the record and
 //! the acknowledgement leaves a record whose outcome event may be missing, so a handler that
 //! finds a sent record publishes its outcome again (`republish`, same event id, derived from
 //! the key, so consumers drop the copy). A failure is recorded only after its outcome event
@@ -13,10 +14,9 @@
 //! table has the columns of `email_sends` in the email dispatcher's first migration; each
 //! dispatcher names its own.
 //!
-//! The outcome events used to go through an outbox in the same statement as the record. At
-//! 13,000 emails/s that outbox was two thirds of the WAL (1,355 → 356 bytes per email without
-//! it), and with its relay's reads and deletes about half of Postgres' work (37 % → 19 % of a
-//! core in the email benchmark).
+//! Outcome events are published directly, not through an outbox written in the record's
+//! statement: such an outbox costs more WAL than the records themselves and, with its relay's
+//! reads and deletes, about as much of Postgres' work again (docs/performance.md).
 //!
 //! Lookups and records are batched across lanes (see `batch.rs`).
 
@@ -37,7 +37,8 @@ pub enum Recorded {
     Failed(String),
 }
 
-/// An outcome event, published before its record is written.
+/// An outcome event: published while a sent message's record is written, and before a
+/// failure's (see the module).
 #[derive(Clone)]
 pub struct OutcomeMessage {
     pub topic: String,
@@ -133,7 +134,7 @@ impl SendLog {
         // flush at commit: a committed record is visible at once, so a dispatcher killed
         // after the commit sends nothing twice, and only a crash of Postgres itself within
         // its WAL writer's delay (~0.6 s) can lose records — which makes duplicates (the
-        // sends are redone), never losses. Waiting for the flush was most of the window.
+        // sends are redone), never losses. Waiting for the flush would be most of the window.
         let options = pool
             .connect_options()
             .as_ref()

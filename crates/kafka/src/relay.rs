@@ -243,7 +243,7 @@ impl OutboxRelay {
     }
 
     /// Connects and learns partition leaders before the first batch, so the first rows
-    /// after a start do not wait for metadata (that cost ~1 s on the first batch otherwise).
+    /// after a start do not wait for metadata (otherwise the first batch waits about a second).
     async fn warm_up(&self) {
         let producer = self.producer.clone();
         let topics: Vec<String> = self.config.topics.iter().map(|(t, _)| t.clone()).collect();

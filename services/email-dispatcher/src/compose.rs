@@ -4,8 +4,9 @@
 //!
 //! Every notification has the same shape: a few headers and a multipart/alternative of a text
 //! and an HTML part. lettre's `Message` builds the same through a builder, a random boundary,
-//! header maps and three copies of the body (encode, format, dot-stuff): 23 % of the
-//! dispatcher's CPU in the benchmark. Here each body is copied once. Headers that carry
+//! header maps and three copies of the body (encode, format, dot-stuff), which made building
+//! messages the dispatcher's largest cost (docs/decisions/0004-own-mime-composer.md). Here
+//! each body is copied once. Headers that carry
 //! user text (To, Subject) and the sender still go through lettre's encoders (RFC 2047,
 //! folding), so no input can add a header or a line.
 
@@ -109,8 +110,8 @@ fn boundary(message_id: &str) -> String {
 const BOUNDARY_PREFIX: &str = "=_tidings_";
 
 /// How `text` would go on the wire unencoded: 7bit, or 8bit where the server offers
-/// 8BITMIME. Quoted-printable was the largest single cost of building a message (about a
-/// tenth of the dispatcher's CPU), so text goes as is wherever [`push_lines`] can take it.
+/// 8BITMIME. Quoted-printable is the largest single cost of building a message, so text goes
+/// as is wherever [`push_lines`] can take it.
 fn encoding_as_is(text: &str, eight_bit: bool) -> Option<ContentTransferEncoding> {
     if text.is_ascii() {
         Some(ContentTransferEncoding::SevenBit)

@@ -498,9 +498,9 @@ impl SmtpMailer {
         let endpoint = Arc::new(endpoint);
         let eight_bit = Arc::new(AtomicBool::new(false));
         // The session workers run on a thread of their own. On the shared runtime a server's
-        // reply waited behind hundreds of lane tasks in the run queue: ~0.65 ms per round
-        // trip, seen at the sink with tcpdump, when one message per round trip per session is
-        // the ceiling (16,000 → 20,000 emails/s in the benchmark).
+        // reply waits behind hundreds of lane tasks in the run queue, and with one message per
+        // round trip per session as the ceiling, that wait is the throughput
+        // (docs/performance.md, email dispatcher).
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -28,9 +28,9 @@ use crate::registry::Registry;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Send-record batches written at once, on the shared runtime. Four, as the email dispatcher
-/// uses on its session thread, cost the benchmark's fan-out 40 % (more, smaller statements on
-/// two busy cores).
+/// Send-record batches written at once, on the shared runtime. More writers, as the email
+/// dispatcher runs on its session thread, mean more, smaller statements competing with the
+/// pushes for the same cores, and a slower fan-out (docs/performance.md).
 const RECORD_WRITERS: usize = 1;
 
 pub struct Application {
@@ -100,8 +100,9 @@ impl Application {
 
         let failed = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(
-            // Each lane waits for its outcome event before its next push: a 5 ms linger cut
-            // the benchmark's fan-out from 6,170 to 4,368 pushes/s.
+            // Each lane waits for its outcome event before its next push, so the linger is
+            // added to every push of a lane: 1 ms, not the email dispatcher's 5
+            // (docs/performance.md).
             Publisher::new(
                 &config.kafka,
                 config.topics,

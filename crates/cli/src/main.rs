@@ -5,6 +5,7 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
+use tidings_proto::push::v1 as pb;
 use tidings_proto::ticket::v1::guest_access_service_client::GuestAccessServiceClient;
 use tidings_proto::ticket::v1::ticket_service_client::TicketServiceClient;
 use tidings_proto::ticket::v1::*;
@@ -217,325 +218,411 @@ fn rid(given: Option<String>) -> String {
     given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-async fn tickets(addr: &str) -> anyhow::Result<TicketServiceClient<Channel>> {
-    TicketServiceClient::connect(addr.to_owned())
-        .await
-        .with_context(|| format!("connecting to {addr}"))
-}
-
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
-    let token = cli.token.clone().filter(|t| !t.trim().is_empty());
-    let result: anyhow::Result<()> = async {
-        match cli.command {
-            Cmd::Token {
-                sub,
-                email,
-                locale,
-                name,
-                agent,
-                ttl_secs,
-                secret,
-            } => {
-                let claims = tidings_auth::Claims {
-                    sub,
-                    email,
-                    locale: Some(locale),
-                    name,
-                    role: agent.then(|| "agent".to_owned()),
-                    exp: Utc::now().timestamp() + ttl_secs,
-                    ..Default::default()
-                };
-                println!(
-                    "{}",
-                    tidings_auth::mint_hs256(&SecretString::from(secret), &claims)
-                );
-            }
-            Cmd::Open {
-                subject,
-                body,
-                guest_email,
-                guest_locale,
-                request_id,
-            } => {
-                let guest = guest_email.map(|email| GuestRequester {
-                    email,
-                    locale: guest_locale,
-                });
-                let req = OpenTicketRequest {
-                    request_id: rid(request_id),
-                    subject,
-                    body,
-                    guest,
-                };
-                let r = tickets(&cli.addr)
-                    .await?
-                    .open_ticket(authed(&token, req)?)
-                    .await?
-                    .into_inner();
-                println!("opened ticket {} (id {})", r.ticket_number, r.ticket_id);
-            }
-            Cmd::Reply {
-                ticket_id,
-                body,
-                request_id,
-            } => {
-                let req = PostReplyRequest {
-                    request_id: rid(request_id),
-                    ticket_id,
-                    body,
-                };
-                let r = tickets(&cli.addr)
-                    .await?
-                    .post_reply(authed(&token, req)?)
-                    .await?
-                    .into_inner();
-                println!(
-                    "reply #{} added; ticket is {}",
-                    r.sequence,
-                    status_name(r.status)
-                );
-            }
-            Cmd::RequestInfo {
-                ticket_id,
-                body,
-                request_id,
-            } => {
-                let req = RequestInfoRequest {
-                    request_id: rid(request_id),
-                    ticket_id,
-                    body,
-                };
-                let r = tickets(&cli.addr)
-                    .await?
-                    .request_info(authed(&token, req)?)
-                    .await?
-                    .into_inner();
-                println!(
-                    "information requested (#{}); ticket is {}",
-                    r.sequence,
-                    status_name(r.status)
-                );
-            }
-            Cmd::Resolve {
-                ticket_id,
-                note,
-                request_id,
-            } => {
-                let req = ResolveTicketRequest {
-                    request_id: rid(request_id),
-                    ticket_id,
-                    note,
-                };
-                let r = tickets(&cli.addr)
-                    .await?
-                    .resolve_ticket(authed(&token, req)?)
-                    .await?
-                    .into_inner();
-                println!("ticket {}", status_name(r.status));
-            }
-            Cmd::Get { ticket_id } => {
-                let r = tickets(&cli.addr)
-                    .await?
-                    .get_ticket(authed(&token, GetTicketRequest { ticket_id })?)
-                    .await?
-                    .into_inner();
-                let t = r.ticket.context("empty response")?;
-                println!(
-                    "Ticket {} [{}] {}",
-                    t.ticket_number,
-                    status_name(t.status),
-                    t.subject
-                );
-                if !t.requester_email.is_empty() {
-                    println!(
-                        "requester: {} {}",
-                        t.requester_email, t.requester_account_id
-                    );
-                }
-                for m in t.messages {
-                    println!("\n--- {} — {}", m.author_display_name, when(&m.created_at));
-                    println!("{}", m.body);
-                }
-            }
-            Cmd::List {
-                status,
-                requester,
-                page_size,
-                page_token,
-            } => {
-                let statuses = status
-                    .iter()
-                    .map(|s| parse_status(s))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let req = ListTicketsRequest {
-                    statuses,
-                    requester_account_id: requester,
-                    page_size,
-                    page_token,
-                };
-                let r = tickets(&cli.addr)
-                    .await?
-                    .list_tickets(authed(&token, req)?)
-                    .await?
-                    .into_inner();
-                for t in &r.tickets {
-                    println!(
-                        "{:>8}  {:<18} {}  {}  {}",
-                        t.ticket_number,
-                        status_name(t.status),
-                        when(&t.last_activity_at),
-                        t.ticket_id,
-                        t.subject
-                    );
-                }
-                if !r.next_page_token.is_empty() {
-                    println!("more: --page-token {}", r.next_page_token);
-                }
-            }
-            Cmd::GuestLink {
-                ticket_id,
-                email,
-                keys,
-            } => {
-                let keys = tidings_guest_access::Keyring::parse(&SecretString::from(keys))?;
-                let ticket = tidings_domain::TicketId::parse(&ticket_id)
-                    .map_err(|e| anyhow::anyhow!("ticket_id: {e}"))?;
-                let email = tidings_domain::Email::parse(&email)
-                    .map_err(|e| anyhow::anyhow!("email: {e}"))?;
-                println!("{}", keys.mint_link(ticket, &email, Utc::now()));
-            }
-            Cmd::RequestCode { link } => {
-                let mut g = GuestAccessServiceClient::connect(cli.addr.clone()).await?;
-                let r = g
-                    .request_access_code(RequestAccessCodeRequest { link_token: link })
-                    .await?
-                    .into_inner();
-                println!(
-                    "code requested; it is emailed to the guest's address and expires at {}",
-                    when(&r.code_expires_at)
-                );
-            }
-            Cmd::RegisterDevice {
-                platform,
-                device_token,
-                app_id,
-                locale,
-            } => {
-                use tidings_proto::push::v1 as pb;
-                let platform = match platform.as_str() {
-                    "ios" => pb::Platform::Ios,
-                    "android" => pb::Platform::Android,
-                    other => bail!("--platform {other}: expected ios or android"),
-                };
-                let r =
-                    pb::device_service_client::DeviceServiceClient::connect(cli.push_addr.clone())
-                        .await
-                        .with_context(|| format!("connecting to {}", cli.push_addr))?
-                        .register_device(authed(
-                            &token,
-                            pb::RegisterDeviceRequest {
-                                platform: platform as i32,
-                                token: device_token,
-                                app_id,
-                                locale,
-                            },
-                        )?)
-                        .await?
-                        .into_inner();
-                if let Some(d) = r.device {
-                    println!("device {} registered", d.device_id);
-                }
-            }
-            Cmd::Devices => {
-                use tidings_proto::push::v1 as pb;
-                let r =
-                    pb::device_service_client::DeviceServiceClient::connect(cli.push_addr.clone())
-                        .await
-                        .with_context(|| format!("connecting to {}", cli.push_addr))?
-                        .list_devices(authed(&token, pb::ListDevicesRequest {})?)
-                        .await?
-                        .into_inner();
-                for d in r.devices {
-                    let platform = if d.platform == pb::Platform::Ios as i32 {
-                        "ios"
-                    } else {
-                        "android"
-                    };
-                    println!(
-                        "{}  {platform:<7} {}  {}  {}",
-                        d.device_id, d.app_id, d.locale, d.token
-                    );
-                }
-            }
-            Cmd::PushPrefs {
-                off,
-                on,
-                quiet,
-                time_zone,
-            } => {
-                use tidings_proto::push::v1 as pb;
-                let mut c = pb::preference_service_client::PreferenceServiceClient::connect(
-                    cli.push_addr.clone(),
-                )
-                .await
-                .with_context(|| format!("connecting to {}", cli.push_addr))?;
-                let mut prefs = c
-                    .get_preferences(authed(&token, pb::GetPreferencesRequest {})?)
-                    .await?
-                    .into_inner();
-                if off || on || quiet.is_some() {
-                    if off || on {
-                        prefs.push_enabled = on;
-                    }
-                    if let (Some(q), Some(tz)) = (quiet, time_zone) {
-                        let (start, end) =
-                            q.split_once('-').context("--quiet: expected HH:MM-HH:MM")?;
-                        prefs.quiet_hours = Some(pb::QuietHours {
-                            start: start.into(),
-                            end: end.into(),
-                            time_zone: tz,
-                        });
-                    }
-                    prefs = c
-                        .update_preferences(authed(
-                            &token,
-                            pb::UpdatePreferencesRequest {
-                                preferences: Some(prefs),
-                            },
-                        )?)
-                        .await?
-                        .into_inner();
-                }
-                println!("{prefs:#?}");
-            }
-            Cmd::VerifyCode { link, code } => {
-                let mut g = GuestAccessServiceClient::connect(cli.addr.clone()).await?;
-                let r = g
-                    .verify_access_code(VerifyAccessCodeRequest {
-                        link_token: link,
-                        code,
-                    })
-                    .await?
-                    .into_inner();
-                println!("{}", r.session_token);
-                eprintln!(
-                    "guest session for ticket {} until {}",
-                    r.ticket_id,
-                    when(&r.session_expires_at)
-                );
-            }
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
+    if let Err(e) = run(cli).await {
         match e.downcast_ref::<tonic::Status>() {
             Some(s) => eprintln!("error: {:?}: {}", s.code(), s.message()),
             None => eprintln!("error: {e:#}"),
         }
         std::process::exit(1);
     }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let c = Client {
+        token: cli.token.filter(|t| !t.trim().is_empty()),
+        addr: cli.addr,
+        push_addr: cli.push_addr,
+    };
+    match cli.command {
+        Cmd::Token {
+            sub,
+            email,
+            locale,
+            name,
+            agent,
+            ttl_secs,
+            secret,
+        } => {
+            let claims = tidings_auth::Claims {
+                sub,
+                email,
+                locale: Some(locale),
+                name,
+                role: agent.then(|| "agent".to_owned()),
+                exp: Utc::now().timestamp() + ttl_secs,
+                ..Default::default()
+            };
+            println!(
+                "{}",
+                tidings_auth::mint_hs256(&SecretString::from(secret), &claims)
+            );
+        }
+        Cmd::GuestLink {
+            ticket_id,
+            email,
+            keys,
+        } => guest_link(&ticket_id, &email, keys)?,
+        Cmd::Open {
+            subject,
+            body,
+            guest_email,
+            guest_locale,
+            request_id,
+        } => {
+            let guest = guest_email.map(|email| GuestRequester {
+                email,
+                locale: guest_locale,
+            });
+            c.open(OpenTicketRequest {
+                request_id: rid(request_id),
+                subject,
+                body,
+                guest,
+            })
+            .await?
+        }
+        Cmd::Reply {
+            ticket_id,
+            body,
+            request_id,
+        } => {
+            c.reply(PostReplyRequest {
+                request_id: rid(request_id),
+                ticket_id,
+                body,
+            })
+            .await?
+        }
+        Cmd::RequestInfo {
+            ticket_id,
+            body,
+            request_id,
+        } => {
+            c.request_info(RequestInfoRequest {
+                request_id: rid(request_id),
+                ticket_id,
+                body,
+            })
+            .await?
+        }
+        Cmd::Resolve {
+            ticket_id,
+            note,
+            request_id,
+        } => {
+            c.resolve(ResolveTicketRequest {
+                request_id: rid(request_id),
+                ticket_id,
+                note,
+            })
+            .await?
+        }
+        Cmd::Get { ticket_id } => c.get(ticket_id).await?,
+        Cmd::List {
+            status,
+            requester,
+            page_size,
+            page_token,
+        } => {
+            let statuses = status
+                .iter()
+                .map(|s| parse_status(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            c.list(ListTicketsRequest {
+                statuses,
+                requester_account_id: requester,
+                page_size,
+                page_token,
+            })
+            .await?
+        }
+        Cmd::RequestCode { link } => c.request_code(link).await?,
+        Cmd::VerifyCode { link, code } => c.verify_code(link, code).await?,
+        Cmd::RegisterDevice {
+            platform,
+            device_token,
+            app_id,
+            locale,
+        } => {
+            let platform = match platform.as_str() {
+                "ios" => pb::Platform::Ios,
+                "android" => pb::Platform::Android,
+                other => bail!("--platform {other}: expected ios or android"),
+            };
+            c.register_device(pb::RegisterDeviceRequest {
+                platform: platform as i32,
+                token: device_token,
+                app_id,
+                locale,
+            })
+            .await?
+        }
+        Cmd::Devices => c.devices().await?,
+        Cmd::PushPrefs {
+            off,
+            on,
+            quiet,
+            time_zone,
+        } => {
+            let enabled = (off || on).then_some(on);
+            let quiet = match (quiet, time_zone) {
+                (Some(q), Some(time_zone)) => {
+                    let (start, end) =
+                        q.split_once('-').context("--quiet: expected HH:MM-HH:MM")?;
+                    Some(pb::QuietHours {
+                        start: start.into(),
+                        end: end.into(),
+                        time_zone,
+                    })
+                }
+                _ => None,
+            };
+            c.push_prefs(enabled, quiet).await?
+        }
+    }
     Ok(())
+}
+
+fn guest_link(ticket_id: &str, email: &str, keys: String) -> anyhow::Result<()> {
+    let keys = tidings_guest_access::Keyring::parse(&SecretString::from(keys))?;
+    let ticket = tidings_domain::TicketId::parse(ticket_id)
+        .map_err(|e| anyhow::anyhow!("ticket_id: {e}"))?;
+    let email = tidings_domain::Email::parse(email).map_err(|e| anyhow::anyhow!("email: {e}"))?;
+    println!("{}", keys.mint_link(ticket, &email, Utc::now()));
+    Ok(())
+}
+
+/// Where the services are and who is calling.
+struct Client {
+    addr: String,
+    push_addr: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn authed<T>(&self, msg: T) -> anyhow::Result<tonic::Request<T>> {
+        authed(&self.token, msg)
+    }
+
+    async fn tickets(&self) -> anyhow::Result<TicketServiceClient<Channel>> {
+        TicketServiceClient::connect(self.addr.clone())
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))
+    }
+
+    async fn guests(&self) -> anyhow::Result<GuestAccessServiceClient<Channel>> {
+        GuestAccessServiceClient::connect(self.addr.clone())
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))
+    }
+
+    async fn devices_client(
+        &self,
+    ) -> anyhow::Result<pb::device_service_client::DeviceServiceClient<Channel>> {
+        pb::device_service_client::DeviceServiceClient::connect(self.push_addr.clone())
+            .await
+            .with_context(|| format!("connecting to {}", self.push_addr))
+    }
+
+    async fn open(&self, req: OpenTicketRequest) -> anyhow::Result<()> {
+        let r = self
+            .tickets()
+            .await?
+            .open_ticket(self.authed(req)?)
+            .await?
+            .into_inner();
+        println!("opened ticket {} (id {})", r.ticket_number, r.ticket_id);
+        Ok(())
+    }
+
+    async fn reply(&self, req: PostReplyRequest) -> anyhow::Result<()> {
+        let r = self
+            .tickets()
+            .await?
+            .post_reply(self.authed(req)?)
+            .await?
+            .into_inner();
+        println!(
+            "reply #{} added; ticket is {}",
+            r.sequence,
+            status_name(r.status)
+        );
+        Ok(())
+    }
+
+    async fn request_info(&self, req: RequestInfoRequest) -> anyhow::Result<()> {
+        let r = self
+            .tickets()
+            .await?
+            .request_info(self.authed(req)?)
+            .await?
+            .into_inner();
+        println!(
+            "information requested (#{}); ticket is {}",
+            r.sequence,
+            status_name(r.status)
+        );
+        Ok(())
+    }
+
+    async fn resolve(&self, req: ResolveTicketRequest) -> anyhow::Result<()> {
+        let r = self
+            .tickets()
+            .await?
+            .resolve_ticket(self.authed(req)?)
+            .await?
+            .into_inner();
+        println!("ticket {}", status_name(r.status));
+        Ok(())
+    }
+
+    async fn get(&self, ticket_id: String) -> anyhow::Result<()> {
+        let r = self
+            .tickets()
+            .await?
+            .get_ticket(self.authed(GetTicketRequest { ticket_id })?)
+            .await?
+            .into_inner();
+        let t = r.ticket.context("empty response")?;
+        println!(
+            "Ticket {} [{}] {}",
+            t.ticket_number,
+            status_name(t.status),
+            t.subject
+        );
+        if !t.requester_email.is_empty() {
+            println!(
+                "requester: {} {}",
+                t.requester_email, t.requester_account_id
+            );
+        }
+        for m in t.messages {
+            println!("\n--- {} — {}", m.author_display_name, when(&m.created_at));
+            println!("{}", m.body);
+        }
+        Ok(())
+    }
+
+    async fn list(&self, req: ListTicketsRequest) -> anyhow::Result<()> {
+        let r = self
+            .tickets()
+            .await?
+            .list_tickets(self.authed(req)?)
+            .await?
+            .into_inner();
+        for t in &r.tickets {
+            println!(
+                "{:>8}  {:<18} {}  {}  {}",
+                t.ticket_number,
+                status_name(t.status),
+                when(&t.last_activity_at),
+                t.ticket_id,
+                t.subject
+            );
+        }
+        if !r.next_page_token.is_empty() {
+            println!("more: --page-token {}", r.next_page_token);
+        }
+        Ok(())
+    }
+
+    async fn request_code(&self, link_token: String) -> anyhow::Result<()> {
+        let r = self
+            .guests()
+            .await?
+            .request_access_code(RequestAccessCodeRequest { link_token })
+            .await?
+            .into_inner();
+        println!(
+            "code requested; it is emailed to the guest's address and expires at {}",
+            when(&r.code_expires_at)
+        );
+        Ok(())
+    }
+
+    async fn verify_code(&self, link_token: String, code: String) -> anyhow::Result<()> {
+        let r = self
+            .guests()
+            .await?
+            .verify_access_code(VerifyAccessCodeRequest { link_token, code })
+            .await?
+            .into_inner();
+        println!("{}", r.session_token);
+        eprintln!(
+            "guest session for ticket {} until {}",
+            r.ticket_id,
+            when(&r.session_expires_at)
+        );
+        Ok(())
+    }
+
+    async fn register_device(&self, req: pb::RegisterDeviceRequest) -> anyhow::Result<()> {
+        let r = self
+            .devices_client()
+            .await?
+            .register_device(self.authed(req)?)
+            .await?
+            .into_inner();
+        if let Some(d) = r.device {
+            println!("device {} registered", d.device_id);
+        }
+        Ok(())
+    }
+
+    async fn devices(&self) -> anyhow::Result<()> {
+        let r = self
+            .devices_client()
+            .await?
+            .list_devices(self.authed(pb::ListDevicesRequest {})?)
+            .await?
+            .into_inner();
+        for d in r.devices {
+            let platform = if d.platform == pb::Platform::Ios as i32 {
+                "ios"
+            } else {
+                "android"
+            };
+            println!(
+                "{}  {platform:<7} {}  {}  {}",
+                d.device_id, d.app_id, d.locale, d.token
+            );
+        }
+        Ok(())
+    }
+
+    /// Shows the preferences, after setting push on or off (`enabled`) and quiet hours if
+    /// given.
+    async fn push_prefs(
+        &self,
+        enabled: Option<bool>,
+        quiet: Option<pb::QuietHours>,
+    ) -> anyhow::Result<()> {
+        let mut c =
+            pb::preference_service_client::PreferenceServiceClient::connect(self.push_addr.clone())
+                .await
+                .with_context(|| format!("connecting to {}", self.push_addr))?;
+        let mut prefs = c
+            .get_preferences(self.authed(pb::GetPreferencesRequest {})?)
+            .await?
+            .into_inner();
+        if enabled.is_some() || quiet.is_some() {
+            if let Some(on) = enabled {
+                prefs.push_enabled = on;
+            }
+            if quiet.is_some() {
+                prefs.quiet_hours = quiet;
+            }
+            prefs = c
+                .update_preferences(self.authed(pb::UpdatePreferencesRequest {
+                    preferences: Some(prefs),
+                })?)
+                .await?
+                .into_inner();
+        }
+        println!("{prefs:#?}");
+        Ok(())
+    }
 }

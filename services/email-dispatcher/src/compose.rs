@@ -16,7 +16,21 @@ use chrono::{DateTime, Utc};
 use lettre::message::header::{self, ContentTransferEncoding, Headers};
 use lettre::message::{Body, Mailbox, Mailboxes};
 
-use crate::mailer::OutgoingEmail;
+use tidings_smtp::DataBlock;
+
+/// One message, ready to send.
+#[derive(Debug, Clone)]
+pub struct OutgoingEmail {
+    pub to: String,
+    /// `<id@domain>`, derived from (event, recipient) so downstream systems can dedupe too.
+    pub message_id: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    /// Time-critical (access codes): uses connections of its own, never queued behind
+    /// ordinary notifications.
+    pub urgent: bool,
+}
 
 /// The `From:` line, encoded once for every message.
 pub(crate) fn from_line(from: &Mailbox) -> String {
@@ -33,7 +47,7 @@ pub(crate) fn data_block(
     e: &OutgoingEmail,
     eight_bit: bool,
     now: DateTime<Utc>,
-) -> String {
+) -> DataBlock {
     let mut out = String::with_capacity(1024 + e.text.len() + e.html.len());
     out.push_str(from_line);
     let mut h = Headers::with_capacity(2);
@@ -87,12 +101,8 @@ pub(crate) fn data_block(
     out.push_str("--");
     out.push_str(&boundary);
     out.push_str("--\r\n");
-    out.push_str(END_MARK);
-    out
+    DataBlock::end(out)
 }
-
-/// What ends every DATA block, after the message's last CRLF (RFC 5321 4.1.1.4).
-pub(crate) const END_MARK: &str = ".\r\n";
 
 /// Derived from the Message-ID: unique per event and recipient, and minted after the text
 /// was written, so no one can put it in a body. All the same, a body with a line that could
@@ -181,6 +191,8 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         data_block(&from_line(&from), &to, e, eight_bit, now)
+            .as_str()
+            .to_owned()
     }
 
     /// Undoes the DATA framing: what the server stores.

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::mailer::{Mailer, OutgoingEmail, SendError};
+use crate::compose::OutgoingEmail;
+use crate::mailer::{Mailer, SendError};
 use crate::render::{Content, Lang, render};
 use tidings_delivery::{
     Found, OutcomeEvents, Record, Recorded, Retry, SendLog, SendLogError, Trigger, pause, until_ok,

@@ -4,14 +4,12 @@
 
 mod consumer;
 mod publish;
-mod relay;
 
 pub use consumer::{
     ConsumerConfig, ConsumerSettings, Delivery, Handler, Unhandled, run_consumer, spawn_consumer,
 };
 pub use publish::Publisher;
 pub use rdkafka::error::KafkaError;
-pub use relay::{OutboxRelay, RelayConfig};
 
 use std::time::Duration;
 
@@ -185,7 +183,7 @@ pub async fn retention_covering(
 }
 
 /// String headers (CloudEvents attributes, `traceparent`) as librdkafka takes them.
-pub(crate) fn owned_headers(headers: &[(String, String)]) -> OwnedHeaders {
+pub fn owned_headers(headers: &[(String, String)]) -> OwnedHeaders {
     headers.iter().fold(
         OwnedHeaders::new_with_capacity(headers.len()),
         |h, (k, v)| {

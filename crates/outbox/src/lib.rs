@@ -24,7 +24,7 @@ use sqlx::{Connection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{KafkaSettings, ensure_topics};
+use tidings_kafka::{KafkaSettings, ensure_topics};
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -305,7 +305,7 @@ impl OutboxRelay {
             let record = FutureRecord::to(&row.topic)
                 .key(&row.key)
                 .payload(&row.value)
-                .headers(crate::owned_headers(&row.headers));
+                .headers(tidings_kafka::owned_headers(&row.headers));
             self.producer.send(
                 record,
                 rdkafka::util::Timeout::After(self.config.message_timeout),

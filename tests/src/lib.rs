@@ -284,6 +284,22 @@ pub async fn open_as(
         .into_inner()
 }
 
+/// Posts a reply as the holder of `token` (a fresh request id).
+pub async fn reply_as(app: &TestApp, token: &str, ticket_id: &str, body: &str) {
+    app.tickets()
+        .await
+        .post_reply(authed(
+            token,
+            tidings_proto::ticket::v1::PostReplyRequest {
+                request_id: rid(),
+                ticket_id: ticket_id.to_owned(),
+                body: body.to_owned(),
+            },
+        ))
+        .await
+        .expect("reply");
+}
+
 pub fn rid() -> String {
     Uuid::new_v4().to_string()
 }

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use tidings_proto::push::v1 as pb;
-use tidings_proto::ticket::v1::*;
 
 use crate::broker::Broker;
 use crate::mail::*;
@@ -76,19 +75,14 @@ pub async fn pipeline(broker: Broker, smtp_delay: Duration) -> Pipeline {
 
 impl Pipeline {
     pub async fn reply(&self, i: usize) {
-        self.app
-            .tickets()
-            .await
-            .post_reply(authed(
-                &agent("giulia"),
-                PostReplyRequest {
-                    request_id: rid(),
-                    ticket_id: self.tickets[i % self.tickets.len()].clone(),
-                    body: format!("Answer {i}"),
-                },
-            ))
-            .await
-            .expect("the reply is stored whatever the broker does");
+        let ticket_id = &self.tickets[i % self.tickets.len()];
+        reply_as(
+            &self.app,
+            &agent("giulia"),
+            ticket_id,
+            &format!("Answer {i}"),
+        )
+        .await;
     }
 
     pub async fn mails_at_least(&self, n: usize) {

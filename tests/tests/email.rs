@@ -17,21 +17,6 @@ async fn stack_with_smtp(smtp: String) -> (TestApp, TestDispatcher) {
     (app, d)
 }
 
-async fn reply_as(app: &TestApp, token: &str, ticket_id: &str, body: &str) {
-    app.tickets()
-        .await
-        .post_reply(authed(
-            token,
-            PostReplyRequest {
-                request_id: rid(),
-                ticket_id: ticket_id.to_owned(),
-                body: body.to_owned(),
-            },
-        ))
-        .await
-        .expect("reply");
-}
-
 async fn open_as_guest(app: &TestApp, email: &str, locale: &str, subject: &str) -> String {
     app.tickets()
         .await

@@ -7,24 +7,12 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use tidings_proto::ticket::v1::*;
 use tidings_tests::mail::*;
 use tidings_tests::*;
 use tokio::process::Command;
 
 async fn agent_reply(app: &TestApp, ticket_id: &str, body: &str) {
-    app.tickets()
-        .await
-        .post_reply(authed(
-            &agent("giulia"),
-            PostReplyRequest {
-                request_id: rid(),
-                ticket_id: ticket_id.to_owned(),
-                body: body.to_owned(),
-            },
-        ))
-        .await
-        .expect("reply");
+    reply_as(app, &agent("giulia"), ticket_id, body).await;
 }
 
 #[tokio::test]

@@ -702,6 +702,7 @@ fn backlog_records(n: usize, tickets: usize) -> Vec<(String, Vec<u8>)> {
             version: 1,
             pending_code: None,
             last_code_requested_at: None,
+            last_link_requested_at: None,
             guest_day: Default::default(),
         })
         .collect();

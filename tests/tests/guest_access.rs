@@ -486,3 +486,189 @@ async fn opening_guest_tickets_is_throttled_per_email_address_and_per_client() {
         "refused calls write nothing"
     );
 }
+
+#[tokio::test]
+async fn describing_a_link_shows_the_masked_address_and_uses_nothing_up() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let mut g = app.guests().await;
+    let described = g
+        .describe_link(DescribeLinkRequest {
+            link_token: link_for(ticket, "guest@example.com"),
+        })
+        .await
+        .expect("a valid link is described")
+        .into_inner();
+    assert_eq!(described.ticket_id, ticket.to_string());
+    assert_eq!(described.masked_email, "g•••@example.com");
+    assert_eq!(described.locale, "it");
+    assert!(described.ticket_number > 0);
+    // Nothing was written: no code requested, nothing audited.
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE event_type <> 'TicketOpened'")
+            .await,
+        0
+    );
+
+    // A link for another address and an expired link carry the reasons a client acts on.
+    let cases = [
+        (link_for(ticket, "other@example.com"), "LINK_INVALID"),
+        (
+            keyring().mint_link(
+                ticket,
+                &Email::parse("guest@example.com").unwrap(),
+                Utc::now() - chrono::Duration::days(31),
+            ),
+            "LINK_EXPIRED",
+        ),
+    ];
+    for (link, reason) in cases {
+        let e = g
+            .describe_link(DescribeLinkRequest { link_token: link })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        let (got, _) = tidings_proto::reason_of(&e).expect("an ErrorInfo");
+        assert_eq!(got, reason);
+    }
+    let e = g
+        .describe_link(DescribeLinkRequest {
+            link_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("link_token:"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_fresh_link_is_recorded_for_an_expired_link_only_once_in_ten_minutes_and_never_for_a_forged_one()
+ {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let expired = keyring().mint_link(
+        ticket,
+        &Email::parse("guest@example.com").unwrap(),
+        Utc::now() - chrono::Duration::days(31),
+    );
+    let forged = link_for(ticket, "attacker@example.com");
+    let mut g = app.guests().await;
+    let requests = || async {
+        app.count("SELECT count(*) FROM events WHERE event_type = 'GuestLinkRequested'")
+            .await
+    };
+    // Every answer is the same OK; only the first real request is recorded.
+    for link in [&expired, &forged, &expired, &"gl1.nonsense".to_owned()] {
+        g.send_fresh_link(SendFreshLinkRequest {
+            link_token: link.clone(),
+        })
+        .await
+        .expect("the same answer whatever the link");
+    }
+    assert_eq!(requests().await, 1);
+    // Ten minutes later, another one.
+    app.clock.advance(chrono::Duration::minutes(11));
+    g.send_fresh_link(SendFreshLinkRequest {
+        link_token: expired.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(requests().await, 2);
+    // The event reaches the ticket-events topic for the email dispatcher.
+    app.outbox_drained(Duration::from_secs(20), "fresh link events")
+        .await;
+    let records = read_topic(&app.brokers, &app.topic, 3, Duration::from_secs(20)).await;
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(decode(r).kind, Some(Kind::GuestLinkRequested(_))))
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_code_names_the_attempts_left_in_its_error_info() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let link = link_for(ticket, "guest@example.com");
+    let mut g = app.guests().await;
+    g.request_access_code(RequestAccessCodeRequest {
+        link_token: link.clone(),
+    })
+    .await
+    .unwrap();
+    let code = emailed_code(&app, ticket, 1).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let e = g
+        .verify_access_code(VerifyAccessCodeRequest {
+            link_token: link.clone(),
+            code: wrong.into(),
+        })
+        .await
+        .unwrap_err();
+    let (reason, metadata) = tidings_proto::reason_of(&e).expect("an ErrorInfo");
+    assert_eq!(reason, "CODE_REJECTED");
+    assert_eq!(metadata["attempts_left"], "4");
+    // A second code request within the minute: RATE_LIMITED with the wait.
+    let e = g
+        .request_access_code(RequestAccessCodeRequest { link_token: link })
+        .await
+        .unwrap_err();
+    let (reason, metadata) = tidings_proto::reason_of(&e).expect("an ErrorInfo");
+    assert_eq!(reason, "RATE_LIMITED");
+    assert!(metadata["retry_after_secs"].parse::<u64>().unwrap() <= 60);
+}
+
+/// A guest ticket opened with `x-forwarded-for: forwarded`.
+async fn open_forwarded(app: &TestApp, forwarded: &str, email: &str) -> Result<(), tonic::Status> {
+    let mut req = tonic::Request::new(OpenTicketRequest {
+        request_id: rid(),
+        subject: "Cannot log in".into(),
+        body: "through the portal".into(),
+        guest: Some(GuestRequester {
+            email: email.into(),
+            locale: "en".into(),
+        }),
+    });
+    req.metadata_mut()
+        .insert("x-forwarded-for", forwarded.parse().unwrap());
+    app.tickets().await.open_ticket(req).await.map(drop)
+}
+
+#[tokio::test]
+async fn the_client_throttle_believes_x_forwarded_for_from_a_trusted_proxy_only() {
+    // Given the portal's address trusted, each visitor it forwards has a bucket of their own.
+    let trusting = spawn_app_with(SpawnOptions {
+        vars: vec![
+            ("TIDINGS_GUEST_OPENS_PER_CLIENT_PER_HOUR", "1".into()),
+            ("TIDINGS_TRUSTED_PROXIES", "127.0.0.1".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    open_forwarded(&trusting, "203.0.113.1", "a@example.com")
+        .await
+        .unwrap();
+    open_forwarded(&trusting, "203.0.113.2", "b@example.com")
+        .await
+        .unwrap();
+    let e = open_forwarded(&trusting, "203.0.113.1", "c@example.com")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    let (reason, _) = tidings_proto::reason_of(&e).expect("an ErrorInfo");
+    assert_eq!(reason, "THROTTLED");
+
+    // Given no trusted proxy, a caller cannot dodge its bucket by naming other clients.
+    let strict = spawn_app_with(SpawnOptions {
+        vars: vec![("TIDINGS_GUEST_OPENS_PER_CLIENT_PER_HOUR", "1".into())],
+        ..Default::default()
+    })
+    .await;
+    open_forwarded(&strict, "203.0.113.1", "a@example.com")
+        .await
+        .unwrap();
+    let e = open_forwarded(&strict, "203.0.113.2", "b@example.com")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+}

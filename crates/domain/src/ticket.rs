@@ -44,6 +44,10 @@ pub enum Command {
     VerifyAccessCode {
         code_hash: String,
     },
+    /// A guest whose link expired asks for a fresh one, mailed to the ticket's address.
+    RequestFreshLink {
+        min_interval: Duration,
+    },
 }
 
 /// What happened to a ticket. Past tense, serialised as the event store's payload.
@@ -79,6 +83,8 @@ pub enum TicketEvent {
     GuestAccessLocked {
         until: DateTime<Utc>,
     },
+    /// The guest asked for a fresh link; the email dispatcher mails one.
+    GuestLinkRequested,
 }
 
 /// Stable names, used as the store's `event_type` and in CloudEvents `ce_type`.
@@ -93,6 +99,7 @@ pub enum EventKind {
     AccessCodeRejected,
     GuestAccessGranted,
     GuestAccessLocked,
+    GuestLinkRequested,
 }
 
 impl EventKind {
@@ -107,6 +114,7 @@ impl EventKind {
             EventKind::AccessCodeRejected => "AccessCodeRejected",
             EventKind::GuestAccessGranted => "GuestAccessGranted",
             EventKind::GuestAccessLocked => "GuestAccessLocked",
+            EventKind::GuestLinkRequested => "GuestLinkRequested",
         }
     }
 }
@@ -123,6 +131,7 @@ impl TicketEvent {
             TicketEvent::AccessCodeRejected { .. } => EventKind::AccessCodeRejected,
             TicketEvent::GuestAccessGranted => EventKind::GuestAccessGranted,
             TicketEvent::GuestAccessLocked { .. } => EventKind::GuestAccessLocked,
+            TicketEvent::GuestLinkRequested => EventKind::GuestLinkRequested,
         }
     }
     /// Schema version of the payload; bump when a field's meaning changes.
@@ -172,6 +181,9 @@ pub struct Ticket {
     pub version: u64,
     pub pending_code: Option<PendingCode>,
     pub last_code_requested_at: Option<DateTime<Utc>>,
+    /// When a fresh link was last mailed (absent from snapshots written before it).
+    #[serde(default)]
+    pub last_link_requested_at: Option<DateTime<Utc>>,
     /// Guest access attempts of the current day (absent from snapshots written before it).
     #[serde(default)]
     pub guest_day: GuestDay,
@@ -442,6 +454,25 @@ pub fn decide(
                 Ok(events)
             }
         }
+        Command::RequestFreshLink { min_interval } => {
+            if !matches!(ticket.requester, Requester::Guest { .. }) || !is_requester {
+                return Err(DomainError::NotPermitted(
+                    "fresh links are for the guest who filed the ticket",
+                ));
+            }
+            if let Some(locked) = ticket.guest_day.at(ctx.now).locked(ctx.now) {
+                return Err(locked);
+            }
+            if let Some(last) = ticket.last_link_requested_at {
+                let next_allowed = last + *min_interval;
+                if ctx.now < next_allowed {
+                    return Err(DomainError::RateLimited {
+                        retry_after_secs: retry_after(next_allowed - ctx.now),
+                    });
+                }
+            }
+            Ok(vec![TicketEvent::GuestLinkRequested])
+        }
     }
 }
 
@@ -482,6 +513,7 @@ pub fn apply(
                 version: sequence,
                 pending_code: None,
                 last_code_requested_at: None,
+                last_link_requested_at: None,
                 guest_day: GuestDay::default(),
             });
         }
@@ -552,6 +584,7 @@ pub fn apply(
             t.guest_day.failures = 0;
         }
         TicketEvent::GuestAccessLocked { until } => t.guest_day.locked_until = Some(*until),
+        TicketEvent::GuestLinkRequested => t.last_link_requested_at = Some(at),
     }
     Some(t)
 }
@@ -1132,5 +1165,51 @@ mod tests {
         let json = serde_json::to_string(&e).unwrap();
         assert!(json.contains("\"type\":\"TicketOpened\""));
         assert_eq!(serde_json::from_str::<TicketEvent>(&json).unwrap(), e);
+    }
+
+    fn fresh_link() -> Command {
+        Command::RequestFreshLink {
+            min_interval: Duration::minutes(10),
+        }
+    }
+
+    #[test]
+    fn a_guest_gets_a_fresh_link_at_most_every_interval() {
+        // Given a guest ticket, when its guest asks for a fresh link, then one is mailed.
+        let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
+        let me = guest("g@example.com");
+        let ev = g.when(me.clone(), fresh_link()).unwrap();
+        assert_eq!(ev, vec![TicketEvent::GuestLinkRequested]);
+        g.then_state(me.clone(), ev); // applied at t0+2h
+        // When asked again five minutes later, then it waits out the interval.
+        let err = g
+            .when_at(me.clone(), fresh_link(), t0() + Duration::minutes(125))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DomainError::RateLimited {
+                retry_after_secs: 300
+            }
+        );
+        assert!(
+            g.when_at(me, fresh_link(), t0() + Duration::minutes(131))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn fresh_links_are_only_for_the_guest_requester() {
+        // Given a customer's ticket, when anyone asks for a fresh link, then it is refused.
+        let g = given(vec![(customer("ann"), opened(ann()))]);
+        assert!(matches!(
+            g.when(customer("ann"), fresh_link()),
+            Err(DomainError::NotPermitted(_))
+        ));
+        // Given a guest ticket, when another address asks, then it is refused.
+        let g = given(vec![(Actor::System, opened(guest_requester()))]);
+        assert!(matches!(
+            g.when(guest("other@example.com"), fresh_link()),
+            Err(DomainError::NotPermitted(_))
+        ));
     }
 }

@@ -37,6 +37,8 @@ pub enum Change {
         sealed_code: String,
         expires_at: DateTime<Utc>,
     },
+    /// A guest asked for a fresh link to the ticket (theirs expired).
+    FreshLinkRequested,
     /// Guest verification bookkeeping (wrong code, access granted): audit only.
     GuestAccessAudit,
 }

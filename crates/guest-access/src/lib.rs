@@ -310,6 +310,18 @@ pub fn generate_code() -> String {
     format!("{:06}", rand::thread_rng().gen_range(0..1_000_000u32))
 }
 
+/// The address a link is bound to, as a page may show it to whoever holds the link:
+/// the first character of the local part, then `•••`, then the domain (`g•••@example.com`).
+/// Enough for the guest to recognise their address, not enough to learn someone else's.
+pub fn mask_email(email: &Email) -> String {
+    let (local, domain) = email
+        .as_str()
+        .rsplit_once('@')
+        .unwrap_or((email.as_str(), ""));
+    let first: String = local.chars().take(1).collect();
+    format!("{first}\u{2022}\u{2022}\u{2022}@{domain}")
+}
+
 /// Seals access codes for the email dispatcher. Same keys on both sides: a comma-separated
 /// list of base64 keys, the first seals and every one opens, so a new key can be rolled out
 /// to the dispatcher (second in its list) before the ticket service seals with it.
@@ -385,6 +397,14 @@ impl CodeSealer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_masked_address_keeps_the_first_character_and_the_domain() {
+        // Given guest addresses, when masked, then only the first character and domain show.
+        let mask = |raw: &str| super::mask_email(&tidings_domain::Email::parse(raw).unwrap());
+        assert_eq!(mask("giulia.rossi@example.com"), "g•••@example.com");
+        assert_eq!(mask("a@b.example"), "a•••@b.example");
+    }
+
     use super::*;
 
     fn ring(spec: &str) -> Keyring {

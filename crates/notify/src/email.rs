@@ -14,6 +14,8 @@ pub enum EmailKind {
     Resolved,
     /// The one-time code a guest asked for.
     AccessCode,
+    /// A fresh link for a guest whose link expired.
+    FreshLink,
 }
 
 impl EmailKind {
@@ -24,6 +26,7 @@ impl EmailKind {
             EmailKind::InfoRequested => "info_requested",
             EmailKind::Resolved => "resolved",
             EmailKind::AccessCode => "access_code",
+            EmailKind::FreshLink => "fresh_link",
         }
     }
 }
@@ -72,6 +75,11 @@ pub fn plan_email(u: &TicketUpdate) -> Option<EmailPlan> {
         Change::Resolved { .. } => EmailKind::Resolved,
         // A reopen always comes with the reply that caused it; that one is mailed (or not).
         Change::Reopened => return None,
+        // Links are for guests; a signed-in customer signs in instead.
+        Change::FreshLinkRequested if matches!(u.requester, Requester::Guest { .. }) => {
+            EmailKind::FreshLink
+        }
+        Change::FreshLinkRequested => return None,
         Change::AccessCodeRequested { .. } | Change::GuestAccessAudit => return None,
     };
     Some(to_requester(kind, &u.requester))
@@ -210,6 +218,27 @@ mod tests {
         for change in [Change::Reopened, Change::GuestAccessAudit] {
             assert_eq!(plan_email(&update(guest(), ActorKind::Guest, change)), None);
         }
+    }
+
+    #[test]
+    fn a_fresh_link_is_mailed_to_guests_only() {
+        // Given a guest's request for a fresh link, then the guest gets a link mail.
+        let plan = plan_email(&update(
+            guest(),
+            ActorKind::Guest,
+            Change::FreshLinkRequested,
+        ));
+        assert_eq!(
+            plan.map(|p| (p.kind, p.audience)),
+            Some((EmailKind::FreshLink, Audience::Guest))
+        );
+        // Given the same change on a customer's ticket, then nobody is mailed.
+        let plan = plan_email(&update(
+            customer(),
+            ActorKind::Customer,
+            Change::FreshLinkRequested,
+        ));
+        assert_eq!(plan, None);
     }
 
     fn code_request(expires_in: Duration) -> Change {

@@ -210,6 +210,7 @@ pub fn event_to_wire(
                 until: Some(timestamp(*until)),
             })
         }
+        TicketEvent::GuestLinkRequested => Kind::GuestLinkRequested(ev::GuestLinkRequested {}),
     };
     ev::TicketEvent {
         event_id: event_id.to_string(),

@@ -111,6 +111,7 @@ pub fn update_from_wire(bytes: &[u8]) -> Result<TicketUpdate, WireError> {
         Kind::AccessCodeRejected(_) | Kind::GuestAccessGranted(_) | Kind::GuestAccessLocked(_) => {
             Change::GuestAccessAudit
         }
+        Kind::GuestLinkRequested(_) => Change::FreshLinkRequested,
     };
     Ok(TicketUpdate {
         event_id,
@@ -221,6 +222,7 @@ mod tests {
             version: 2,
             pending_code: None,
             last_code_requested_at: None,
+            last_link_requested_at: None,
             guest_day: Default::default(),
         }
     }

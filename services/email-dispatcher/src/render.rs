@@ -158,6 +158,16 @@ fn vars(c: &Content<'_>) -> Vars {
             "Il tuo codice di verifica".to_owned(),
             "Inserisci questo codice nella pagina del ticket per leggerlo e rispondere.".to_owned(),
         ),
+        (Lang::En, FreshLink) => (
+            format!("A new link to your support ticket {n}"),
+            "Here is a new link to your ticket".to_owned(),
+            "You asked for a new link because the previous one had expired. If you did not ask for it, you can ignore this email.".to_owned(),
+        ),
+        (Lang::It, FreshLink) => (
+            format!("Un nuovo link al tuo ticket di assistenza {n}"),
+            "Ecco un nuovo link al tuo ticket".to_owned(),
+            "Hai chiesto un nuovo link perché il precedente era scaduto. Se non l'hai chiesto, puoi ignorare questa email.".to_owned(),
+        ),
     };
     let code_note = match (c.lang, c.code) {
         (_, None) => String::new(),
@@ -173,7 +183,7 @@ fn vars(c: &Content<'_>) -> Vars {
     let (ticket_label, cta, footer) = match c.lang {
         Lang::En => (
             "Ticket",
-            if c.kind == AccessCode {
+            if matches!(c.kind, AccessCode | FreshLink) {
                 "Open the ticket"
             } else {
                 "Read the full answer and reply"
@@ -182,7 +192,7 @@ fn vars(c: &Content<'_>) -> Vars {
         ),
         Lang::It => (
             "Ticket",
-            if c.kind == AccessCode {
+            if matches!(c.kind, AccessCode | FreshLink) {
                 "Apri il ticket"
             } else {
                 "Leggi la risposta completa e rispondi"

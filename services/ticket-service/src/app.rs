@@ -149,6 +149,7 @@ impl Application {
             guest_opens: Arc::new(GuestOpenLimits::new(
                 config.guest.opens_per_client,
                 config.guest.opens_per_email,
+                config.guest.trusted_proxies.clone(),
             )),
         };
         let guest_api = GuestApi {

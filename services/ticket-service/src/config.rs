@@ -59,9 +59,13 @@ pub struct GuestSettings {
     pub session_ttl: chrono::Duration,
     pub code_ttl: chrono::Duration,
     pub code_min_interval: chrono::Duration,
+    /// Between two fresh links mailed for one ticket.
+    pub fresh_link_min_interval: chrono::Duration,
     /// Guest tickets an hour, per calling address and per target email address.
     pub opens_per_client: NonZeroU32,
     pub opens_per_email: NonZeroU32,
+    /// Peers whose `x-forwarded-for` is believed (the portal's address).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for GuestSettings {
@@ -133,6 +137,9 @@ impl Config {
         let code_ttl = chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_TTL_SECS", 600i64));
         let code_min_interval =
             chrono::Duration::seconds(env.parse("TIDINGS_ACCESS_CODE_MIN_INTERVAL_SECS", 60i64));
+        let fresh_link_min_interval = chrono::Duration::seconds(
+            env.parse("TIDINGS_GUEST_FRESH_LINK_MIN_INTERVAL_SECS", 600i64),
+        );
         let opens = |env: &mut Env<F>, key: &str, default: u32| {
             NonZeroU32::new(env.parse(key, default)).unwrap_or_else(|| {
                 env.error(format!("{key} must be at least 1"));
@@ -141,6 +148,17 @@ impl Config {
         };
         let opens_per_client = opens(&mut env, "TIDINGS_GUEST_OPENS_PER_CLIENT_PER_HOUR", 30);
         let opens_per_email = opens(&mut env, "TIDINGS_GUEST_OPENS_PER_EMAIL_PER_HOUR", 5);
+        let trusted_proxies = env
+            .string("TIDINGS_TRUSTED_PROXIES", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                p.parse()
+                    .map_err(|e| env.error(format!("TIDINGS_TRUSTED_PROXIES: {p:?}: {e}")))
+                    .ok()
+            })
+            .collect();
         let runtime = RuntimeSettings::from_env(&mut env);
         let ce_source = env.string("TIDINGS_CE_SOURCE", "/tidings/ticket-service");
         env.finish()?;
@@ -165,8 +183,10 @@ impl Config {
                 session_ttl,
                 code_ttl,
                 code_min_interval,
+                fresh_link_min_interval,
                 opens_per_client,
                 opens_per_email,
+                trusted_proxies,
             },
             runtime,
             ce_source,

@@ -1,10 +1,12 @@
 //! Errors at the gRPC boundary and their status codes. Domain errors go through the single
 //! table in `tidings-proto`; internal errors are logged and answered without details.
 
+use std::collections::HashMap;
 use tidings_auth::AuthError;
 use tidings_domain::DomainError;
 use tidings_store::StoreError;
-use tonic::Status;
+
+use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -12,6 +14,11 @@ pub enum ApiError {
     Invalid { field: &'static str, reason: String },
     #[error("{0}")]
     Unauthenticated(String),
+    /// A guest link that is forged, foreign, unknown (`expired: false`) or out of date.
+    #[error("{}", if *.expired { "this link has expired; open the latest notification email" } else { "this link is not valid; open the latest notification email" })]
+    BadLink { expired: bool },
+    #[error("the code is not correct; {attempts_left} attempt(s) left")]
+    CodeRejected { attempts_left: u8 },
     #[error("{0}")]
     PermissionDenied(&'static str),
     #[error("ticket not found")]
@@ -56,13 +63,37 @@ impl From<ApiError> for Status {
         match e {
             ApiError::Invalid { field, reason } => tidings_proto::invalid_field(field, reason),
             ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+            ApiError::BadLink { expired } => {
+                let reason = if expired {
+                    "LINK_EXPIRED"
+                } else {
+                    "LINK_INVALID"
+                };
+                tidings_proto::with_reason(
+                    Code::Unauthenticated,
+                    e.to_string(),
+                    reason,
+                    HashMap::new(),
+                )
+            }
+            ApiError::CodeRejected { attempts_left } => tidings_proto::with_reason(
+                Code::Unauthenticated,
+                e.to_string(),
+                "CODE_REJECTED",
+                HashMap::from([("attempts_left".to_owned(), attempts_left.to_string())]),
+            ),
             ApiError::PermissionDenied(m) => Status::permission_denied(m),
             ApiError::NotFound => Status::not_found("ticket not found"),
             ApiError::Domain(d) => tidings_proto::domain_status(&d),
             ApiError::Throttled {
                 retry_after_secs, ..
             } => {
-                let mut status = Status::resource_exhausted(e.to_string());
+                let mut status = tidings_proto::with_reason(
+                    Code::ResourceExhausted,
+                    e.to_string(),
+                    "THROTTLED",
+                    HashMap::from([("retry_after_secs".to_owned(), retry_after_secs.to_string())]),
+                );
                 if let Ok(v) = retry_after_secs.to_string().parse() {
                     status.metadata_mut().insert("retry-after", v);
                 }

@@ -66,6 +66,7 @@ fn ticket(i: usize, args: &Args) -> Ticket {
         version: 1,
         pending_code: None,
         last_code_requested_at: None,
+        last_link_requested_at: None,
         guest_day: Default::default(),
     }
 }

@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
-use tidings_domain::{AccessCodeOutcome, Actor, Command, DomainError, Requester, TicketEvent};
-use tidings_guest_access::{TokenError, UnverifiedLink, generate_code};
+use tidings_domain::{
+    AccessCodeOutcome, Actor, Command, DomainError, Requester, Ticket, TicketEvent,
+};
+use tidings_guest_access::{TokenError, UnverifiedLink, generate_code, mask_email};
 use tidings_proto::ticket::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -22,33 +24,61 @@ pub struct GuestApi {
     pub clock: Arc<dyn Clock>,
 }
 
-const BAD_LINK: &str = "this link is not valid; open the latest notification email";
-
 impl GuestApi {
-    /// Returns the ticket and the guest email the link is bound to.
+    /// Returns the link and the guest email it is bound to.
     async fn check_link(
         &self,
         token: &str,
     ) -> Result<(UnverifiedLink, tidings_domain::Email), ApiError> {
+        let (link, ticket) = self.linked_ticket(token).await?;
+        let Requester::Guest { email, .. } = ticket.requester else {
+            unreachable!("linked_ticket returns guest tickets only")
+        };
+        Ok((link, email))
+    }
+
+    /// The link and guest email of a link whose signature holds but whose time is up.
+    async fn expired_link(
+        &self,
+        token: &str,
+    ) -> Result<Option<(UnverifiedLink, tidings_domain::Email)>, ApiError> {
+        let Ok(link) = UnverifiedLink::parse(token) else {
+            return Ok(None);
+        };
+        let Some(ticket) = self.exec.store.load_ticket(link.ticket).await? else {
+            return Ok(None);
+        };
+        let Requester::Guest { email, .. } = ticket.requester else {
+            return Ok(None);
+        };
+        let verified =
+            self.guest
+                .keys
+                .verify_link(&link, &email, self.clock.now(), self.guest.link_ttl);
+        Ok(matches!(verified, Err(TokenError::Expired)).then_some((link, email)))
+    }
+
+    /// The guest ticket a valid link leads to.
+    async fn linked_ticket(&self, token: &str) -> Result<(UnverifiedLink, Ticket), ApiError> {
         if token.trim().is_empty() {
             return Err(ApiError::invalid("link_token", "must not be empty"));
         }
-        let link =
-            UnverifiedLink::parse(token).map_err(|_| ApiError::Unauthenticated(BAD_LINK.into()))?;
-        let ticket = self.exec.store.load_ticket(link.ticket).await?;
-        let Some(Requester::Guest { email, .. }) = ticket.map(|t| t.requester) else {
-            return Err(ApiError::Unauthenticated(BAD_LINK.into()));
+        let bad = ApiError::BadLink { expired: false };
+        let link = UnverifiedLink::parse(token).map_err(|_| bad)?;
+        let Some(ticket) = self.exec.store.load_ticket(link.ticket).await? else {
+            return Err(ApiError::BadLink { expired: false });
+        };
+        let Requester::Guest { email, .. } = &ticket.requester else {
+            return Err(ApiError::BadLink { expired: false });
         };
         match self
             .guest
             .keys
-            .verify_link(&link, &email, self.clock.now(), self.guest.link_ttl)
+            .verify_link(&link, email, self.clock.now(), self.guest.link_ttl)
         {
-            Ok(()) => Ok((link, email)),
-            Err(TokenError::Expired) => Err(ApiError::Unauthenticated(
-                "this link has expired; open the latest notification email".into(),
-            )),
-            Err(_) => Err(ApiError::Unauthenticated(BAD_LINK.into())),
+            Ok(()) => Ok((link, ticket)),
+            Err(TokenError::Expired) => Err(ApiError::BadLink { expired: true }),
+            Err(_) => Err(ApiError::BadLink { expired: false }),
         }
     }
 }
@@ -81,6 +111,23 @@ fn never_focus(_: &TicketEvent) -> bool {
 
 #[tonic::async_trait]
 impl pb::guest_access_service_server::GuestAccessService for GuestApi {
+    async fn describe_link(
+        &self,
+        req: Request<pb::DescribeLinkRequest>,
+    ) -> Result<Response<pb::DescribeLinkResponse>, Status> {
+        observe("DescribeLink", traceparent_header(&req), async {
+            let (_, ticket) = self.linked_ticket(&req.get_ref().link_token).await?;
+            Ok(pb::DescribeLinkResponse {
+                ticket_id: ticket.id.to_string(),
+                ticket_number: ticket.number.get(),
+                masked_email: mask_email(ticket.requester.email()),
+                locale: ticket.requester.locale().as_str().to_owned(),
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
     async fn request_access_code(
         &self,
         req: Request<pb::RequestAccessCodeRequest>,
@@ -104,6 +151,41 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
             Ok(pb::RequestAccessCodeResponse {
                 code_expires_at: expires_at.map(tidings_proto::timestamp),
             })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn send_fresh_link(
+        &self,
+        req: Request<pb::SendFreshLinkRequest>,
+    ) -> Result<Response<pb::SendFreshLinkResponse>, Status> {
+        observe("SendFreshLink", traceparent_header(&req), async {
+            let trace = trace_of(&req);
+            let token = &req.get_ref().link_token;
+            // An expired link is the point; a current one may ask too. Anything else is
+            // answered the same, with nothing sent.
+            let linked = match self.linked_ticket(token).await {
+                Err(ApiError::BadLink { expired: true }) => self.expired_link(token).await?,
+                Err(ApiError::BadLink { expired: false }) => None,
+                Err(e) => return Err(e),
+                Ok((link, ticket)) => Some((link, ticket.requester.email().clone())),
+            };
+            let Some((link, email)) = linked else {
+                tracing::info!("fresh link asked for with a link that is not ours");
+                return Ok(pb::SendFreshLinkResponse {});
+            };
+            let command = Command::RequestFreshLink {
+                min_interval: self.guest.fresh_link_min_interval,
+            };
+            match self.write_as_guest(&link, email, command, trace).await {
+                Ok(_) => tracing::info!(ticket_id = %link.ticket, "fresh guest link requested"),
+                Err(ApiError::Domain(e)) => {
+                    tracing::info!(ticket_id = %link.ticket, error = %e, "fresh guest link not sent");
+                }
+                Err(e) => return Err(e),
+            }
+            Ok(pb::SendFreshLinkResponse {})
         })
         .await
         .map(Response::new)
@@ -145,9 +227,7 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
                     })
                 }
                 Some(AccessCodeOutcome::Rejected { attempts_left }) => {
-                    Err(ApiError::Unauthenticated(format!(
-                        "the code is not correct; {attempts_left} attempt(s) left"
-                    )))
+                    Err(ApiError::CodeRejected { attempts_left })
                 }
                 Some(AccessCodeOutcome::Locked { until }) => {
                     tracing::warn!(ticket_id = %link.ticket, %until, "guest access locked for the day");

@@ -15,6 +15,9 @@ use crate::error::ApiError;
 const RETAIN_EVERY: u64 = 10_000;
 
 pub struct GuestOpenLimits {
+    /// Callers (the portal) whose `x-forwarded-for` names the client; for anyone else the
+    /// client is the peer address.
+    trusted_proxies: Vec<IpAddr>,
     by_client: DefaultKeyedRateLimiter<IpAddr>,
     by_email: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
@@ -23,13 +26,35 @@ pub struct GuestOpenLimits {
 
 impl GuestOpenLimits {
     /// `per_client` and `per_email` tickets an hour, each allowed as a burst.
-    pub fn new(per_client: NonZeroU32, per_email: NonZeroU32) -> Self {
+    pub fn new(
+        per_client: NonZeroU32,
+        per_email: NonZeroU32,
+        trusted_proxies: Vec<IpAddr>,
+    ) -> Self {
         Self {
+            trusted_proxies,
             by_client: RateLimiter::keyed(Quota::per_hour(per_client)),
             by_email: RateLimiter::keyed(Quota::per_hour(per_email)),
             clock: DefaultClock::default(),
             checks: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// The calling client: the peer, or — when the peer is a trusted proxy — the last address
+    /// of its `x-forwarded-for` (the one the proxy itself appended).
+    pub fn client_of<T>(&self, req: &tonic::Request<T>) -> Option<IpAddr> {
+        let peer = req.remote_addr()?.ip();
+        if !self.trusted_proxies.contains(&peer) {
+            return Some(peer);
+        }
+        let forwarded = req.metadata().get("x-forwarded-for")?.to_str().ok()?;
+        forwarded
+            .rsplit(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+            .or(Some(peer))
     }
 
     /// Takes one ticket from both buckets, or says how long to wait. A call without a peer

@@ -123,7 +123,7 @@ impl pb::ticket_service_server::TicketService for TicketApi {
         observe("OpenTicket", traceparent_header(&req), async {
             let principal = bearer(&self.auth, &self.clock, &req)?;
             let trace = trace_of(&req);
-            let client = req.remote_addr().map(|a| a.ip());
+            let client = self.guest_opens.client_of(&req);
             let r = req.into_inner();
             let rid = request_id(&r.request_id)?;
             let subject =

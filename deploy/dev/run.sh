@@ -7,7 +7,7 @@ cd "$ROOT"
 eval "$("$ROOT/deploy/dev/stack.sh" env)"
 set -a; . "$ROOT/deploy/dev/dev.env"; set +a
 
-cargo build --quiet -p ticket-service -p email-dispatcher -p push-dispatcher -p tidings-push-doubles -p tidings-cli
+cargo build --quiet -p ticket-service -p email-dispatcher -p push-dispatcher -p portal -p tidings-push-doubles -p tidings-cli
 BIN="$ROOT/target/debug"
 mkdir -p .dev
 pids=()
@@ -29,15 +29,21 @@ set -a; . .dev/push/push.env; set +a
 "$BIN/push-dispatcher" 2>&1 | sed -u 's/^/[push-dispatcher] /' &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50052) 2>/dev/null && break; sleep 0.2; done
+"$BIN/portal" 2>&1 | sed -u 's/^/[portal] /' &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.2; done
 
 cat <<BANNER
 
   Tidings is running.
+    customer portal                                   $TIDINGS_PORTAL_PUBLIC_URL
+                                                      (every email links here; "Submit a request" opens a guest ticket)
     gRPC (ticket + guest access, reflection, health)  127.0.0.1:50051
     gRPC (push devices + preferences)                 127.0.0.1:50052
     metrics                                           http://127.0.0.1:9464/metrics (ticket service)
                                                       http://127.0.0.1:9465/metrics (email dispatcher)
                                                       http://127.0.0.1:9466/metrics (push dispatcher)
+                                                      http://127.0.0.1:9467/metrics (portal)
     pushes received (APNs / FCM doubles)              https://127.0.0.1:18443/pushes  https://127.0.0.1:18444/pushes
                                                       (test CA: .dev/push/push-test-ca.pem; curl -k works too)
     email inbox (MailDev)                             $TIDINGS_TEST_MAILDEV
@@ -57,7 +63,11 @@ cat <<BANNER
     tidings --token \$AGENT reply <ticket-id> --body "Found it"
     curl -sk https://127.0.0.1:18443/pushes    # the push, as the APNs double received it
 
-  A guest (email only):
+  A guest in the portal: open $TIDINGS_PORTAL_PUBLIC_URL, "Submit a request" with any
+  address, then follow the link in the mail the inbox shows: "Send code", the code from the
+  next mail, and the ticket page with its reply box.
+
+  A guest from the CLI:
     TIDINGS_TOKEN= tidings open --subject "Cannot log in" --body "since yesterday" --guest-email guest@example.org --guest-locale en
     tidings --token \$AGENT reply <ticket-id> --body "Please try again now"
     # open the inbox, copy the link from the guest's email, then:

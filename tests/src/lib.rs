@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod mail;
 pub mod pipeline;
+pub mod portal;
 pub mod processes;
 pub mod push;
 

@@ -1,0 +1,241 @@
+//! The page templates (askama, compiled in; every value is HTML-escaped, so subjects,
+//! replies and names written by users render as text) and the views they are filled from.
+
+use askama::Template;
+use axum::extract::rejection::FormRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum_extra::extract::cookie::PrivateCookieJar;
+use tidings_proto::ticket::v1 as pb;
+use uuid::Uuid;
+
+use crate::backend::CallError;
+use crate::i18n::Lang;
+use crate::i18n::Texts;
+use crate::web::{AppState, Chrome, csrf_token, page, with_retry_after};
+
+/// The ticket service's bounds, checked here first so the form comes back with the field's
+/// message instead of a round trip.
+pub const SUBJECT_MAX_CHARS: usize = 200;
+pub const BODY_MAX_CHARS: usize = 20_000;
+
+#[derive(Template)]
+#[template(path = "home.html")]
+pub struct HomePage {
+    pub chrome: Chrome,
+    pub title: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "notice.html")]
+pub struct Notice {
+    pub chrome: Chrome,
+    pub title: String,
+    pub body: String,
+    /// Announced to screen readers as an alert.
+    pub alert: bool,
+    /// A button posting here, e.g. "Email me a fresh link".
+    pub post_action: Option<String>,
+    pub post_label: &'static str,
+}
+
+impl Notice {
+    pub fn new(t: &'static Texts, csrf: String, title: &str, body: &str) -> Self {
+        Notice {
+            chrome: Chrome {
+                t,
+                csrf,
+                sign_out: None,
+            },
+            title: title.to_owned(),
+            body: body.to_owned(),
+            alert: false,
+            post_action: None,
+            post_label: "",
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "verify.html")]
+pub struct VerifyPage {
+    pub chrome: Chrome,
+    pub title: &'static str,
+    pub number_label: String,
+    pub masked: String,
+    pub ticket_id: String,
+    /// "We sent a 6-digit code to …", once a code is on its way.
+    pub code_sent: Option<String>,
+    pub error: Option<String>,
+}
+
+pub struct MessageView {
+    pub author: String,
+    pub mine: bool,
+    pub agent: bool,
+    pub time_iso: String,
+    pub time_text: String,
+    pub body: String,
+}
+
+#[derive(Template)]
+#[template(path = "ticket.html")]
+pub struct TicketPage {
+    pub chrome: Chrome,
+    pub title: String,
+    pub number_label: String,
+    pub status_label: &'static str,
+    pub status_class: &'static str,
+    pub awaiting: bool,
+    pub resolved: bool,
+    pub messages: Vec<MessageView>,
+    pub reply_action: String,
+    pub request_id: String,
+    pub error: Option<&'static str>,
+    pub draft: String,
+    pub body_max: usize,
+}
+
+#[derive(Template)]
+#[template(path = "new_ticket.html")]
+pub struct NewTicketPage {
+    pub chrome: Chrome,
+    pub title: &'static str,
+    pub has_errors: bool,
+    pub subject: String,
+    pub subject_error: Option<&'static str>,
+    pub body: String,
+    pub body_error: Option<&'static str>,
+    pub email: String,
+    pub email_error: Option<&'static str>,
+    pub language: String,
+    pub request_id: String,
+    pub subject_max: usize,
+    pub body_max: usize,
+}
+
+/// The ticket page: the conversation in order and the reply box.
+pub fn ticket_page(
+    status: StatusCode,
+    chrome: Chrome,
+    ticket: &pb::Ticket,
+    reply_action: String,
+    error: Option<&'static str>,
+    draft: String,
+) -> Response {
+    let t = chrome.t;
+    let (status_label, status_class) = match pb::TicketStatus::try_from(ticket.status) {
+        Ok(pb::TicketStatus::AwaitingCustomer) => (t.status_awaiting, "awaiting"),
+        Ok(pb::TicketStatus::Resolved) => (t.status_resolved, "resolved"),
+        _ => (t.status_open, "open"),
+    };
+    let messages = ticket
+        .messages
+        .iter()
+        .map(|m| {
+            let kind = pb::AuthorKind::try_from(m.author_kind).unwrap_or_default();
+            let (author, mine, agent) = match kind {
+                pb::AuthorKind::Agent => (t.support_agent(&m.author_display_name), false, true),
+                pb::AuthorKind::Customer | pb::AuthorKind::Guest => (t.you.to_owned(), true, false),
+                _ => (t.system.to_owned(), false, false),
+            };
+            let at = m
+                .created_at
+                .as_ref()
+                .and_then(tidings_proto::from_timestamp);
+            MessageView {
+                author,
+                mine,
+                agent,
+                time_iso: at.map(|at| at.to_rfc3339()).unwrap_or_default(),
+                time_text: at
+                    .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_default(),
+                body: m.body.clone(),
+            }
+        })
+        .collect();
+    let body = TicketPage {
+        chrome,
+        title: ticket.subject.clone(),
+        number_label: t.ticket_number(ticket.ticket_number),
+        status_label,
+        status_class,
+        awaiting: status_class == "awaiting",
+        resolved: status_class == "resolved",
+        messages,
+        reply_action,
+        request_id: Uuid::new_v4().to_string(),
+        error,
+        draft,
+        body_max: BODY_MAX_CHARS,
+    };
+    page(status, &body)
+}
+
+/// The ticket service could not answer: say so, and log why.
+pub fn unavailable(t: &'static Texts, e: &CallError) -> Response {
+    tracing::warn!(code = ?e.code, message = %e.message, "ticket service call failed");
+    let mut notice = Notice::new(t, String::new(), t.error_title, t.unavailable);
+    notice.alert = true;
+    page(StatusCode::SERVICE_UNAVAILABLE, &notice)
+}
+
+/// A POST whose CSRF token is missing or wrong: nothing is done.
+pub fn form_expired(state: &AppState, jar: PrivateCookieJar, headers: &HeaderMap) -> Response {
+    let t = Lang::choose(None, headers).texts();
+    let (jar, csrf) = csrf_token(state, jar);
+    let mut notice = Notice::new(t, csrf, t.error_title, t.form_expired);
+    notice.alert = true;
+    (jar, page(StatusCode::FORBIDDEN, &notice)).into_response()
+}
+
+/// A client over one of the portal's rate limits.
+pub fn slow_down(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    t: &'static Texts,
+    secs: u64,
+) -> Response {
+    let (jar, csrf) = csrf_token(state, jar);
+    let mut notice = Notice::new(t, csrf, t.error_title, &t.slow_down(secs));
+    notice.alert = true;
+    let response = page(StatusCode::TOO_MANY_REQUESTS, &notice);
+    (jar, with_retry_after(response, secs)).into_response()
+}
+
+/// A form that could not be read (too large, wrong encoding): its status, with a page.
+pub fn form_rejected(t: &'static Texts, rejection: &FormRejection) -> Response {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        t.too_long
+    } else {
+        t.form_expired
+    };
+    let mut notice = Notice::new(t, String::new(), t.error_title, message);
+    notice.alert = true;
+    page(status, &notice)
+}
+
+/// A reply's or description's problem, if any: empty, or longer than the service takes.
+pub fn check_body(t: &'static Texts, body: &str) -> Option<(StatusCode, &'static str)> {
+    if body.trim().is_empty() {
+        Some((StatusCode::UNPROCESSABLE_ENTITY, t.reply_empty))
+    } else if body.chars().count() > BODY_MAX_CHARS {
+        Some((StatusCode::PAYLOAD_TOO_LARGE, t.too_long))
+    } else {
+        None
+    }
+}
+
+/// The form's idempotency key (a double-clicked "Send" posts once), or a fresh one.
+pub fn request_id_of(raw: &str) -> String {
+    Uuid::parse_str(raw.trim()).map_or_else(|_| Uuid::new_v4().to_string(), |id| id.to_string())
+}
+
+/// Any address the portal does not serve.
+pub async fn not_found(headers: HeaderMap) -> Response {
+    let t = Lang::choose(None, &headers).texts();
+    let notice = Notice::new(t, String::new(), t.error_title, t.not_found);
+    page(StatusCode::NOT_FOUND, &notice)
+}

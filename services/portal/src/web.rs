@@ -1,0 +1,277 @@
+//! What every page shares: the state, cookies, CSRF tokens, the client's address, rate
+//! limits, rendering, and the security headers of every response.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
+use base64::Engine;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Serialize, de::DeserializeOwned};
+use subtle::ConstantTimeEq;
+
+use crate::backend::Backend;
+use crate::config::{Config, LimitSettings};
+use crate::i18n::Texts;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub backend: Backend,
+    pub key: Key,
+    pub cookies: CookieNames,
+    pub limits: Limits,
+    pub trust_forwarded_for: bool,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl FromRef<AppState> for Key {
+    fn from_ref(state: &AppState) -> Key {
+        state.key.clone()
+    }
+}
+
+impl AppState {
+    pub fn new(config: &Config, backend: Backend) -> Self {
+        AppState(Arc::new(Shared {
+            backend,
+            key: Key::from(&config.cookie_key_bytes()),
+            cookies: CookieNames {
+                secure: config.secure_cookies(),
+            },
+            limits: Limits::new(config.limits),
+            trust_forwarded_for: config.trust_forwarded_for,
+        }))
+    }
+}
+
+// ---- cookies ----
+
+/// Cookie names and attributes. Every cookie is encrypted and authenticated (the private jar,
+/// AES-256-GCM), HttpOnly, SameSite=Lax and `Path=/`; over TLS also `Secure` with the
+/// `__Host-` prefix, which a subdomain or plain-HTTP page cannot set or overwrite.
+pub struct CookieNames {
+    secure: bool,
+}
+
+/// The CSRF token of a browser.
+pub const CSRF: &str = "tidings_csrf";
+/// The guest's link token, moved out of the URL: short-lived.
+pub const LINK: &str = "tidings_link";
+/// The guest session: one ticket, the session token's lifetime.
+pub const GUEST: &str = "tidings_guest";
+
+impl CookieNames {
+    pub fn name(&self, base: &str) -> String {
+        if self.secure {
+            format!("__Host-{base}")
+        } else {
+            base.to_owned()
+        }
+    }
+
+    /// A cookie holding `value` as JSON, for `max_age` (a browser-session cookie if `None`).
+    pub fn make<T: Serialize>(
+        &self,
+        base: &str,
+        value: &T,
+        max_age: Option<time::Duration>,
+    ) -> Cookie<'static> {
+        let json = serde_json::to_string(value).expect("cookie values serialize");
+        let mut cookie = Cookie::build((self.name(base), json))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax);
+        if let Some(age) = max_age {
+            cookie = cookie.max_age(age);
+        }
+        cookie.build()
+    }
+
+    pub fn read<T: DeserializeOwned>(&self, jar: &PrivateCookieJar, base: &str) -> Option<T> {
+        serde_json::from_str(jar.get(&self.name(base))?.value()).ok()
+    }
+
+    pub fn removal(&self, base: &str) -> Cookie<'static> {
+        Cookie::build((self.name(base), "")).path("/").build()
+    }
+}
+
+/// The browser's CSRF token, created on the first page: the page's forms carry it, and a
+/// POST whose form token differs from the cookie's is refused. The cookie is encrypted, so
+/// another site can neither read it nor forge a matching pair.
+pub fn csrf_token(state: &AppState, jar: PrivateCookieJar) -> (PrivateCookieJar, String) {
+    if let Some(token) = state.cookies.read::<String>(&jar, CSRF) {
+        return (jar, token);
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jar = jar.add(state.cookies.make(CSRF, &token, None));
+    (jar, token)
+}
+
+pub fn csrf_ok(state: &AppState, jar: &PrivateCookieJar, submitted: &str) -> bool {
+    state
+        .cookies
+        .read::<String>(jar, CSRF)
+        .is_some_and(|token| bool::from(token.as_bytes().ct_eq(submitted.as_bytes())))
+}
+
+// ---- the client ----
+
+/// The visitor's address: the TCP peer, or behind a trusted proxy the last address of
+/// `X-Forwarded-For` (the one the proxy appended; earlier ones are the client's to forge).
+pub struct ClientAddr(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+        if !state.trust_forwarded_for {
+            return Ok(ClientAddr(peer));
+        }
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        Ok(ClientAddr(forwarded.unwrap_or(peer)))
+    }
+}
+
+// ---- rate limits ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    CodeRequest,
+    CodeCheck,
+    GuestTicket,
+    FreshLink,
+}
+
+/// Per client address (GCRA, `governor`), per replica; the ticket service bounds each ticket
+/// and each email address on top of these.
+pub struct Limits {
+    code_requests: DefaultKeyedRateLimiter<IpAddr>,
+    code_checks: DefaultKeyedRateLimiter<IpAddr>,
+    guest_tickets: DefaultKeyedRateLimiter<IpAddr>,
+    fresh_links: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+}
+
+impl Limits {
+    fn new(s: LimitSettings) -> Self {
+        let keyed = |n: NonZeroU32| RateLimiter::keyed(Quota::per_hour(n));
+        Limits {
+            code_requests: keyed(s.code_requests),
+            code_checks: keyed(s.code_checks),
+            guest_tickets: keyed(s.guest_tickets),
+            fresh_links: keyed(s.fresh_links),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one request, or says how many seconds to wait.
+    pub fn check(&self, what: Limited, client: IpAddr) -> Result<(), u64> {
+        let limiter = match what {
+            Limited::CodeRequest => &self.code_requests,
+            Limited::CodeCheck => &self.code_checks,
+            Limited::GuestTicket => &self.guest_tickets,
+            Limited::FreshLink => &self.fresh_links,
+        };
+        limiter.check_key(&client).map_err(|not_until| {
+            tracing::info!(?what, %client, "portal rate limit reached");
+            not_until.wait_time_from(self.clock.now()).as_secs().max(1)
+        })
+    }
+}
+
+// ---- rendering ----
+
+/// What the page frame needs: the language, the CSRF token, and where "Sign out" posts.
+pub struct Chrome {
+    pub t: &'static Texts,
+    pub csrf: String,
+    pub sign_out: Option<&'static str>,
+}
+
+/// A rendered page. Every page is `no-store`: they show tickets, codes and forms with
+/// tokens, none of which may stay in a shared or back/forward cache.
+pub fn page(status: StatusCode, template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => (
+            status,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            html,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering a page failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Post → redirect → get.
+pub fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+pub fn with_retry_after(mut response: Response, secs: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+// ---- security headers ----
+
+/// No inline script or style, nothing from elsewhere, no framing, forms post only here.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+    base-uri 'none'";
+
+/// The headers every response carries.
+pub fn security_headers() -> [(HeaderName, HeaderValue); 4] {
+    [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    ]
+}

@@ -6,6 +6,7 @@
 #
 #   stack.sh deps   install what is missing (tansu, PostgreSQL, MailDev)
 #   stack.sh up     start what is not running and create the databases
+#   stack.sh browser  install what the browser tests need (chromium, playwright-core, axe-core)
 #   stack.sh down   stop what this script started
 #   stack.sh env    print the variables that point the services at the stack
 set -euo pipefail
@@ -120,16 +121,36 @@ start_tansu() {
   wait_port 127.0.0.1 "$KAFKA_PORT" 30 tansu
 }
 
+ensure_npm() {
+  if command -v npm >/dev/null; then return; fi
+  log "installing Node.js and npm from Debian packages"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+}
+
 ensure_maildev() {
   if [ -x "$MAILDEV_BIN" ]; then return; fi
-  if ! command -v npm >/dev/null; then
-    log "installing Node.js and npm from Debian packages (for MailDev)"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
-  fi
+  ensure_npm
   log "installing MailDev $MAILDEV_VERSION with npm"
   mkdir -p "$STATE/maildev"
   npm install --prefix "$STATE/maildev" --no-audit --no-fund --loglevel=error "maildev@$MAILDEV_VERSION" >/dev/null
+}
+
+# The browser tests: Debian's chromium (no browser download works here) and the locked
+# playwright-core and axe-core packages of tests/browser.
+BROWSER_DIR="$ROOT/tests/browser"
+ensure_browser() {
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing chromium from Debian packages (for the browser tests)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+  fi
+  if [ ! -f "$BROWSER_DIR/node_modules/.package-lock.json" ] ||
+     [ "$BROWSER_DIR/package-lock.json" -nt "$BROWSER_DIR/node_modules/.package-lock.json" ]; then
+    ensure_npm
+    log "installing the browser tests' packages (npm ci)"
+    npm ci --prefix "$BROWSER_DIR" --no-audit --no-fund --loglevel=error >/dev/null
+  fi
 }
 
 # A MailDev left running by a checkout that was since deleted still answers on its ports but
@@ -182,6 +203,9 @@ case "${1:-}" in
     start_tansu
     start_maildev
     ;;
+  browser)
+    ensure_browser
+    ;;
   down)
     stop_pidfile tansu
     stop_pidfile maildev
@@ -194,7 +218,7 @@ case "${1:-}" in
     echo "export TIDINGS_TEST_MAILDEV=http://127.0.0.1:$MAILDEV_WEB_PORT"
     ;;
   *)
-    echo "usage: $0 deps|up|down|env" >&2
+    echo "usage: $0 deps|up|browser|down|env" >&2
     exit 2
     ;;
 esac

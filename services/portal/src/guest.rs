@@ -201,10 +201,12 @@ async fn verify_page(
     let lang = Lang::choose(Some(&described.locale), headers);
     let t = lang.texts();
     let now = Utc::now().timestamp();
-    let code_sent = link
-        .code_expires_at
-        .filter(|at| *at > now)
-        .map(|at| t.code_sent(&described.masked_email, (at - now).div_euclid(60).max(1)));
+    let code_sent = link.code_expires_at.filter(|at| *at > now).map(|at| {
+        t.code_sent(
+            &described.masked_email,
+            (at - now + 59).div_euclid(60).max(1),
+        )
+    });
     let (jar, csrf) = csrf_token(state, jar);
     let (status, error) = error.map_or((StatusCode::OK, None), |(s, m)| (s, Some(m)));
     let body = VerifyPage {

@@ -7,7 +7,7 @@ cd "$ROOT"
 eval "$("$ROOT/deploy/dev/stack.sh" env)"
 set -a; . "$ROOT/deploy/dev/dev.env"; set +a
 
-cargo build --quiet -p ticket-service -p email-dispatcher -p push-dispatcher -p portal -p tidings-push-doubles -p tidings-cli
+cargo build --quiet -p ticket-service -p email-dispatcher -p push-dispatcher -p portal -p tidings-push-doubles -p tidings-oidc-double -p tidings-cli
 BIN="$ROOT/target/debug"
 mkdir -p .dev
 pids=()
@@ -29,6 +29,12 @@ set -a; . .dev/push/push.env; set +a
 "$BIN/push-dispatcher" 2>&1 | sed -u 's/^/[push-dispatcher] /' &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50052) 2>/dev/null && break; sleep 0.2; done
+# The OpenID Connect provider double for customer sign-in.
+rm -f .dev/oidc/oidc.env
+"$BIN/oidc-double" --dir .dev/oidc --port 18445 --redirect-uri "$TIDINGS_PORTAL_PUBLIC_URL/oidc/callback" 2>&1 | sed -u 's/^/[oidc-double] /' &
+pids+=($!)
+for _ in $(seq 100); do [ -f .dev/oidc/oidc.env ] && break; sleep 0.2; done
+set -a; . .dev/oidc/oidc.env; set +a
 "$BIN/portal" 2>&1 | sed -u 's/^/[portal] /' &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && break; sleep 0.2; done
@@ -37,7 +43,9 @@ cat <<BANNER
 
   Tidings is running.
     customer portal                                   $TIDINGS_PORTAL_PUBLIC_URL
-                                                      (every email links here; "Submit a request" opens a guest ticket)
+                                                      (every email links here; "Submit a request" opens a guest ticket;
+                                                       "Sign in" goes to the identity provider double: sign in as anyone)
+    identity provider (OpenID Connect double)         $TIDINGS_OIDC_ISSUER
     gRPC (ticket + guest access, reflection, health)  127.0.0.1:50051
     gRPC (push devices + preferences)                 127.0.0.1:50052
     metrics                                           http://127.0.0.1:9464/metrics (ticket service)

@@ -1,7 +1,9 @@
-// The guest path in a real browser: Debian's chromium, driven by playwright-core, at a phone
-// and a desktop viewport. Every page is checked with axe-core (no serious or critical
+// The portal in a real browser: Debian's chromium, driven by playwright-core, at a phone and
+// a desktop viewport — the guest path, and a customer's (sign in → My tickets → a new ticket
+// → reply). Every page is checked with axe-core (no serious or critical
 // violations) and saved as a screenshot. Run by tests/tests/browser.rs, which starts the
-// ticket service, the email dispatcher and the portal and passes their addresses:
+// ticket service, the email dispatcher, the OpenID Connect provider double and the portal and
+// passes their addresses:
 //   PORTAL_URL, MAILDEV_URL, SCREENSHOTS (a directory), RUN_ID (makes the addresses unique).
 import { readFileSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -112,6 +114,44 @@ async function guestPath(browser, label) {
   console.log(`guest path ok at the ${label} viewport`);
 }
 
+async function signedInPath(browser, label) {
+  const context = await browser.newContext({ ...VIEWPORTS[label], locale: 'en-GB', bypassCSP: true });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  const sub = `browser-${label}-${RUN}`;
+
+  await page.goto(PORTAL);
+  await page.getByRole('link', { name: 'Sign in' }).click();
+  // The identity provider's own page (the double): not ours, so not audited.
+  await page.getByLabel('Account id').fill(sub);
+  await page.getByLabel('Email').fill(`${sub}@example.org`);
+  await page.getByLabel('Name').fill('Ann');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expectText(page, 'My tickets');
+  await expectText(page, 'You have no tickets yet.');
+  await step(page, label, '8-my-tickets-empty');
+  await page.getByRole('link', { name: 'New ticket' }).click();
+  await step(page, label, '9-new-ticket');
+  await page.getByLabel('Subject').fill('Card declined');
+  await page.getByLabel('Description').fill('My card was declined twice today.');
+  await page.getByRole('button', { name: 'Send' }).click();
+  await expectText(page, 'My card was declined twice today.');
+  await page.getByLabel('Your reply').fill('It is the Visa ending 4242.');
+  await page.getByRole('button', { name: 'Send' }).click();
+  await expectText(page, 'It is the Visa ending 4242.');
+  await step(page, label, '10-customer-ticket');
+  await page.goto(`${PORTAL}/tickets`);
+  await page.getByRole('link', { name: 'Card declined' }).waitFor({ timeout: 10_000 });
+  await expectText(page, 'Open');
+  await step(page, label, '11-my-tickets');
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByRole('link', { name: 'Sign in' }).waitFor({ timeout: 10_000 });
+  if (errors.length) throw new Error(`script errors: ${errors.join('; ')}`);
+  await context.close();
+  console.log(`signed-in path ok at the ${label} viewport`);
+}
+
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
   headless: true,
@@ -121,7 +161,10 @@ const browser = await chromium.launch({
   ],
 });
 try {
-  for (const label of Object.keys(VIEWPORTS)) await guestPath(browser, label);
+  for (const label of Object.keys(VIEWPORTS)) {
+    await guestPath(browser, label);
+    await signedInPath(browser, label);
+  }
 } finally {
   await browser.close();
 }

@@ -65,7 +65,115 @@ pub struct PortalStack {
 pub async fn portal_stack() -> PortalStack {
     let app = crate::spawn_app().await;
     let portal = spawn_portal(&app, vec![]).await;
-    let mut options = DispatcherOptions::new(shared_smtp(), &app);
+    let mailer = spawn_mailer(&app, &portal).await;
+    PortalStack {
+        app,
+        portal,
+        mailer,
+    }
+}
+
+pub const OIDC_CLIENT_ID: &str = "tidings-portal";
+pub const OIDC_CLIENT_SECRET: &str = "portal-client-secret";
+pub const API_AUDIENCE: &str = "tidings-api";
+
+/// The stack with customer sign-in, wired as a deployment would be: an OpenID Connect
+/// provider (the double) issues RS256 access tokens for the API, the ticket service accepts
+/// exactly those (`TIDINGS_JWT_ALGORITHM=RS256` with the provider's key, issuer and audience),
+/// and the portal signs customers in against the provider.
+pub struct SignInStack {
+    pub app: TestApp,
+    pub portal: TestPortal,
+    pub mailer: TestDispatcher,
+    pub oidc: tidings_oidc_double::OidcDouble,
+    _key_dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("tidings-oidc-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl SignInStack {
+    /// An access token for an agent, from the same provider.
+    pub fn agent_token(&self, sub: &str, name: &str) -> String {
+        self.oidc.access_token(&tidings_oidc_double::Identity {
+            sub: sub.to_owned(),
+            email: format!("{sub}@support.example"),
+            name: name.to_owned(),
+            locale: "en".to_owned(),
+            role: "agent".to_owned(),
+        })
+    }
+}
+
+pub async fn sign_in_stack() -> SignInStack {
+    let port = crate::free_port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    let oidc = tidings_oidc_double::OidcDouble::start(
+        "127.0.0.1:0".parse().unwrap(),
+        tidings_oidc_double::Settings {
+            client_id: OIDC_CLIENT_ID.to_owned(),
+            client_secret: OIDC_CLIENT_SECRET.to_owned(),
+            redirect_uris: vec![format!("{public_url}/oidc/callback")],
+            api_audience: API_AUDIENCE.to_owned(),
+            access_token_key: tidings_oidc_double::AccessTokenKey::Rs256,
+            token_ttl: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .expect("oidc double starts");
+    let key_dir = tempdir::Dir::new();
+    let pem = key_dir.0.join("idp.pem");
+    std::fs::write(&pem, oidc.public_key_pem()).expect("write the provider's key");
+    let app = crate::spawn_app_with(crate::SpawnOptions {
+        vars: vec![
+            ("TIDINGS_JWT_ALGORITHM", "RS256".to_owned()),
+            ("TIDINGS_JWT_PUBLIC_KEY_FILE", pem.display().to_string()),
+            ("TIDINGS_JWT_ISSUER", oidc.issuer().to_owned()),
+            ("TIDINGS_JWT_AUDIENCE", API_AUDIENCE.to_owned()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let portal = spawn_portal(
+        &app,
+        vec![
+            ("TIDINGS_PORTAL_ADDR", format!("127.0.0.1:{port}")),
+            ("TIDINGS_PORTAL_PUBLIC_URL", public_url),
+            ("TIDINGS_OIDC_ISSUER", oidc.issuer().to_owned()),
+            ("TIDINGS_OIDC_CLIENT_ID", OIDC_CLIENT_ID.to_owned()),
+            ("TIDINGS_OIDC_CLIENT_SECRET", OIDC_CLIENT_SECRET.to_owned()),
+        ],
+    )
+    .await;
+    let mailer = spawn_mailer(&app, &portal).await;
+    SignInStack {
+        app,
+        portal,
+        mailer,
+        oidc,
+        _key_dir: key_dir,
+    }
+}
+
+/// An email dispatcher for `app` mailing to the shared MailDev, its links to `portal`.
+async fn spawn_mailer(app: &TestApp, portal: &TestPortal) -> TestDispatcher {
+    let mut options = DispatcherOptions::new(shared_smtp(), app);
     options.extra = vec![
         (
             "TIDINGS_GUEST_TICKET_URL",
@@ -76,12 +184,7 @@ pub async fn portal_stack() -> PortalStack {
             format!("{}/tickets/{{ticket_id}}", portal.base),
         ),
     ];
-    let mailer = spawn_dispatcher(options).await;
-    PortalStack {
-        app,
-        portal,
-        mailer,
-    }
+    spawn_dispatcher(options).await
 }
 
 /// One response, read whole.
@@ -194,6 +297,63 @@ impl Visitor {
         .await
     }
 
+    /// Signs in through the provider's "sign in as" form, starting from `path` (a page that
+    /// needs a customer); returns the page the portal then shows.
+    pub async fn sign_in_from(&self, path: &str, who: &tidings_oidc_double::Identity) -> Page {
+        let to_sign_in = self.get(path).await;
+        assert_eq!(to_sign_in.status, 303, "{path} asks for a sign-in");
+        let to_provider = self.follow(&to_sign_in).await;
+        let signed_in = self.sign_in_at_provider(&to_provider, who).await;
+        assert_eq!(
+            signed_in.status, 303,
+            "the callback signs in: {}",
+            signed_in.body
+        );
+        self.follow(&signed_in).await
+    }
+
+    /// From the portal's redirect to the provider, through its form, to the portal's
+    /// callback; returns the callback's answer.
+    pub async fn sign_in_at_provider(
+        &self,
+        to_provider: &Page,
+        who: &tidings_oidc_double::Identity,
+    ) -> Page {
+        assert_eq!(to_provider.status, 303, "{}", to_provider.body);
+        let form = self.follow(to_provider).await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        let authorize = to_provider
+            .location()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut fields: Vec<(&str, String)> = [
+            "response_type",
+            "client_id",
+            "redirect_uri",
+            "scope",
+            "state",
+            "nonce",
+            "code_challenge",
+            "code_challenge_method",
+        ]
+        .iter()
+        .map(|name| (*name, html_unescape(&form.hidden(name))))
+        .collect();
+        fields.extend([
+            ("sub", who.sub.clone()),
+            ("email", who.email.clone()),
+            ("name", who.name.clone()),
+            ("locale", who.locale.clone()),
+        ]);
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let back = self.post(&authorize, &fields).await;
+        assert_eq!(back.status, 303, "{}", back.body);
+        self.follow(&back).await
+    }
+
     /// The browser's CSRF token, as any form of the portal carries it.
     pub async fn csrf(&self) -> String {
         self.get("/requests/new").await.hidden("csrf")
@@ -205,6 +365,25 @@ impl Visitor {
             .location()
             .unwrap_or_else(|| panic!("expected a redirect, got {}:\n{}", page.status, page.body));
         self.get(to).await
+    }
+}
+
+fn html_unescape(raw: &str) -> String {
+    raw.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// A customer of the provider.
+pub fn customer_identity(sub: &str, email: &str, locale: &str) -> tidings_oidc_double::Identity {
+    tidings_oidc_double::Identity {
+        sub: sub.to_owned(),
+        email: email.to_owned(),
+        name: format!("{sub} (customer)"),
+        locale: locale.to_owned(),
+        role: String::new(),
     }
 }
 

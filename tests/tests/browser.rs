@@ -1,17 +1,18 @@
 //! The portal in a real browser (`tests/browser/portal.mjs`: Debian's chromium driven by
 //! playwright-core, axe-core on every page), against the ticket service, the email
-//! dispatcher, the portal, the broker and MailDev started here. Screenshots land in
+//! dispatcher, the OpenID Connect provider double, the portal, the broker and MailDev
+//! started here. Screenshots land in
 //! `target/screenshots/`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tidings_tests::portal::portal_stack;
+use tidings_tests::portal::sign_in_stack;
 use tokio::process::Command;
 
 #[tokio::test]
-async fn the_guest_path_works_in_chromium_at_a_phone_and_a_desktop_viewport() {
-    let stack = portal_stack().await;
+async fn the_guest_and_customer_paths_work_in_chromium_at_a_phone_and_a_desktop_viewport() {
+    let stack = sign_in_stack().await;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let screenshots = root.join("target/screenshots");
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -34,10 +35,12 @@ async fn the_guest_path_works_in_chromium_at_a_phone_and_a_desktop_viewport() {
         "browser run failed:\n{stdout}\n{stderr}"
     );
     for viewport in ["phone", "desktop"] {
-        assert!(
-            stdout.contains(&format!("guest path ok at the {viewport} viewport")),
-            "{stdout}"
-        );
+        for path in ["guest path", "signed-in path"] {
+            assert!(
+                stdout.contains(&format!("{path} ok at the {viewport} viewport")),
+                "{stdout}"
+            );
+        }
         let shot = screenshots.join(format!("portal-{viewport}-6-ticket.png"));
         assert!(shot.exists(), "{} was written", shot.display());
     }

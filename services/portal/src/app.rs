@@ -16,7 +16,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::web::{AppState, security_headers};
-use crate::{guest, requests};
+use crate::{customer, guest, requests};
 
 /// A form's largest body: a reply of `BODY_MAX_CHARS` characters, each up to four UTF-8
 /// bytes, percent-encoded (three bytes each), with room for the other fields.
@@ -57,6 +57,16 @@ pub fn router(state: AppState) -> Router {
         .route("/guest/tickets/{id}/reply", post(guest::reply))
         .route("/guest/tickets/{id}/fresh-link", post(guest::fresh_link))
         .route("/guest/sign-out", post(guest::sign_out))
+        .route("/sign-in", get(customer::sign_in))
+        .route("/oidc/callback", get(customer::callback))
+        .route("/sign-out", post(customer::sign_out))
+        .route("/tickets", get(customer::my_tickets))
+        .route(
+            "/tickets/new",
+            get(customer::new_form).post(customer::submit),
+        )
+        .route("/tickets/{id}", get(customer::show))
+        .route("/tickets/{id}/reply", post(customer::reply))
         .fallback(crate::pages::not_found)
         .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT));
     for (name, value) in security_headers() {
@@ -93,7 +103,7 @@ impl Application {
 
         let backend = Backend::connect_lazy(&config.ticket_service_url)
             .with_context(|| format!("TIDINGS_TICKET_SERVICE_URL={}", config.ticket_service_url))?;
-        let app = router(AppState::new(&config, backend))
+        let app = router(AppState::new(&config, backend)?)
             .into_make_service_with_connect_info::<SocketAddr>();
         let stop = shutdown.clone();
         let http = tokio::spawn(async move {

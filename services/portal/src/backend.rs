@@ -158,6 +158,27 @@ impl Backend {
             .ok_or_else(|| CallError::from(Status::internal("GetTicket answered no ticket")))
     }
 
+    /// The caller's tickets, newest activity first.
+    pub async fn list_tickets(
+        &self,
+        caller: Caller<'_>,
+        page_size: u32,
+        page_token: String,
+    ) -> CallResult<pb::ListTicketsResponse> {
+        let req = pb::ListTicketsRequest {
+            statuses: vec![],
+            requester_account_id: String::new(),
+            page_size,
+            page_token,
+        };
+        Ok(self
+            .tickets
+            .clone()
+            .list_tickets(Self::request(caller, req))
+            .await?
+            .into_inner())
+    }
+
     pub async fn post_reply(
         &self,
         caller: Caller<'_>,

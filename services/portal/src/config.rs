@@ -27,6 +27,8 @@ pub struct Config {
     /// Believe the last `X-Forwarded-For` address (the portal runs behind a proxy).
     pub trust_forwarded_for: bool,
     pub limits: LimitSettings,
+    /// Sign-in for customers; `None` when `TIDINGS_OIDC_ISSUER` is unset (guests only).
+    pub oidc: Option<crate::oidc::OidcSettings>,
     pub runtime: RuntimeSettings,
 }
 
@@ -37,6 +39,7 @@ pub struct LimitSettings {
     pub code_checks: NonZeroU32,
     pub guest_tickets: NonZeroU32,
     pub fresh_links: NonZeroU32,
+    pub sign_ins: NonZeroU32,
 }
 
 impl std::fmt::Debug for Config {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for Config {
             .field("public_url", &self.public_url)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("limits", &self.limits)
+            .field("oidc_issuer", &self.oidc.as_ref().map(|o| &o.issuer))
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +105,23 @@ impl Config {
             code_checks: per_hour("TIDINGS_PORTAL_CODE_CHECKS_PER_HOUR", 60),
             guest_tickets: per_hour("TIDINGS_PORTAL_GUEST_TICKETS_PER_HOUR", 10),
             fresh_links: per_hour("TIDINGS_PORTAL_FRESH_LINKS_PER_HOUR", 10),
+            sign_ins: per_hour("TIDINGS_PORTAL_SIGN_INS_PER_HOUR", 30),
+        };
+        let issuer = env.raw("TIDINGS_OIDC_ISSUER");
+        let client_id = env.string("TIDINGS_OIDC_CLIENT_ID", "tidings-portal");
+        let client_secret = env.secret("TIDINGS_OIDC_CLIENT_SECRET");
+        let oidc = match (issuer, client_secret) {
+            (None, _) => None,
+            (Some(issuer), Some(client_secret)) => Some(crate::oidc::OidcSettings {
+                issuer: issuer.trim_end_matches('/').to_owned(),
+                client_id,
+                client_secret,
+                redirect_url: format!("{public_url}/oidc/callback"),
+            }),
+            (Some(_), None) => {
+                env.error("TIDINGS_OIDC_CLIENT_SECRET is required when TIDINGS_OIDC_ISSUER is set");
+                None
+            }
         };
         let runtime = RuntimeSettings::from_env(&mut env);
         env.finish()?;
@@ -112,6 +133,7 @@ impl Config {
             cookie_key: cookie_key.expect("checked by finish"),
             trust_forwarded_for,
             limits,
+            oidc,
             runtime,
         })
     }
@@ -143,6 +165,7 @@ mod tests {
             "TIDINGS_PORTAL_COOKIE_KEY" => Some("c2hvcnQ=".into()),
             "TIDINGS_PORTAL_PUBLIC_URL" => Some("portal.example".into()),
             "TIDINGS_PORTAL_CODE_CHECKS_PER_HOUR" => Some("0".into()),
+            "TIDINGS_OIDC_ISSUER" => Some("http://idp.example".into()),
             _ => None,
         });
         let err = Config::load(env).unwrap_err().to_string();
@@ -151,6 +174,7 @@ mod tests {
             "TIDINGS_PORTAL_COOKIE_KEY",
             "TIDINGS_PORTAL_PUBLIC_URL",
             "TIDINGS_PORTAL_CODE_CHECKS_PER_HOUR",
+            "TIDINGS_OIDC_CLIENT_SECRET",
         ] {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
@@ -176,8 +200,12 @@ mod tests {
     fn debug_output_carries_no_secret() {
         tidings_config::assert_debug_hides_secrets(
             Config::load,
-            &[("TIDINGS_PORTAL_COOKIE_KEY", KEY)],
-            &[&KEY[..40]],
+            &[
+                ("TIDINGS_PORTAL_COOKIE_KEY", KEY),
+                ("TIDINGS_OIDC_ISSUER", "http://idp.example"),
+                ("TIDINGS_OIDC_CLIENT_SECRET", "oidc-client-secret-1"),
+            ],
+            &[&KEY[..40], "oidc-client-secret-1"],
         );
     }
 }

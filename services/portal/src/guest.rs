@@ -62,6 +62,12 @@ pub struct CsrfForm {
     csrf: String,
 }
 
+impl CsrfForm {
+    pub fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 #[derive(Deserialize)]
 pub struct CodeForm {
     #[serde(default)]

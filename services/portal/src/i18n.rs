@@ -121,6 +121,15 @@ pub struct Texts {
     pub too_long: &'static str,
     pub back_home: &'static str,
     pub fix_below: &'static str,
+    pub sign_in: &'static str,
+    pub my_tickets: &'static str,
+    pub new_ticket: &'static str,
+    pub no_tickets: &'static str,
+    pub older_tickets: &'static str,
+    pub newest_tickets: &'static str,
+    pub last_activity: &'static str,
+    pub sign_in_unavailable: &'static str,
+    pub sign_in_failed: &'static str,
 }
 
 impl Texts {
@@ -237,6 +246,15 @@ pub static EN: Texts = Texts {
     too_long: "This is too long.",
     back_home: "Back to the start",
     fix_below: "Please correct the field marked below.",
+    sign_in: "Sign in",
+    my_tickets: "My tickets",
+    new_ticket: "New ticket",
+    no_tickets: "You have no tickets yet.",
+    older_tickets: "Older tickets",
+    newest_tickets: "Newest tickets",
+    last_activity: "Last activity",
+    sign_in_unavailable: "Signing in is not possible right now. Try again in a minute, or follow the link in your latest email.",
+    sign_in_failed: "Signing in did not complete. Please try again.",
 };
 
 pub static IT: Texts = Texts {
@@ -296,6 +314,15 @@ pub static IT: Texts = Texts {
     too_long: "Il testo è troppo lungo.",
     back_home: "Torna all'inizio",
     fix_below: "Correggi il campo indicato qui sotto.",
+    sign_in: "Accedi",
+    my_tickets: "I miei ticket",
+    new_ticket: "Nuovo ticket",
+    no_tickets: "Non hai ancora nessun ticket.",
+    older_tickets: "Ticket meno recenti",
+    newest_tickets: "Ticket più recenti",
+    last_activity: "Ultima attività",
+    sign_in_unavailable: "In questo momento non è possibile accedere. Riprova tra un minuto, oppure apri il link nell'ultima email.",
+    sign_in_failed: "L'accesso non è stato completato. Riprova.",
 };
 
 #[cfg(test)]

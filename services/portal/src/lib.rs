@@ -4,8 +4,10 @@
 mod app;
 mod backend;
 mod config;
+mod customer;
 mod guest;
 mod i18n;
+mod oidc;
 mod pages;
 mod requests;
 mod web;

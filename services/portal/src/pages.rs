@@ -24,6 +24,8 @@ pub const BODY_MAX_CHARS: usize = 20_000;
 pub struct HomePage {
     pub chrome: Chrome,
     pub title: &'static str,
+    pub signed_in: bool,
+    pub sign_in_enabled: bool,
 }
 
 #[derive(Template)]
@@ -101,6 +103,10 @@ pub struct TicketPage {
 pub struct NewTicketPage {
     pub chrome: Chrome,
     pub title: &'static str,
+    /// A guest's form has the address, the language and the honeypot; a customer's not.
+    pub guest: bool,
+    pub action: &'static str,
+    pub submit_label: &'static str,
     pub has_errors: bool,
     pub subject: String,
     pub subject_error: Option<&'static str>,
@@ -114,6 +120,48 @@ pub struct NewTicketPage {
     pub body_max: usize,
 }
 
+pub struct TicketRow {
+    pub id: String,
+    pub subject: String,
+    pub number_label: String,
+    pub status_label: &'static str,
+    pub status_class: &'static str,
+    pub time_iso: String,
+    pub time_text: String,
+}
+
+#[derive(Template)]
+#[template(path = "tickets.html")]
+pub struct TicketsPage {
+    pub chrome: Chrome,
+    pub title: &'static str,
+    pub tickets: Vec<TicketRow>,
+    /// Not the first page: offer the way back to the newest.
+    pub paged: bool,
+    /// The next page's token, URL-safe.
+    pub next_page: Option<String>,
+}
+
+/// A status as the customer reads it, and its badge's class.
+pub fn status_badge(t: &'static Texts, status: i32) -> (&'static str, &'static str) {
+    match pb::TicketStatus::try_from(status) {
+        Ok(pb::TicketStatus::AwaitingCustomer) => (t.status_awaiting, "awaiting"),
+        Ok(pb::TicketStatus::Resolved) => (t.status_resolved, "resolved"),
+        _ => (t.status_open, "open"),
+    }
+}
+
+/// A time as the pages show it: ISO for `<time datetime>`, and UTC text (the page's script
+/// turns it into the reader's zone).
+pub fn times(at: Option<&prost_types::Timestamp>) -> (String, String) {
+    let at = at.and_then(tidings_proto::from_timestamp);
+    (
+        at.map(|at| at.to_rfc3339()).unwrap_or_default(),
+        at.map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default(),
+    )
+}
+
 /// The ticket page: the conversation in order and the reply box.
 pub fn ticket_page(
     status: StatusCode,
@@ -124,11 +172,7 @@ pub fn ticket_page(
     draft: String,
 ) -> Response {
     let t = chrome.t;
-    let (status_label, status_class) = match pb::TicketStatus::try_from(ticket.status) {
-        Ok(pb::TicketStatus::AwaitingCustomer) => (t.status_awaiting, "awaiting"),
-        Ok(pb::TicketStatus::Resolved) => (t.status_resolved, "resolved"),
-        _ => (t.status_open, "open"),
-    };
+    let (status_label, status_class) = status_badge(t, ticket.status);
     let messages = ticket
         .messages
         .iter()

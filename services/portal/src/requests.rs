@@ -20,20 +20,20 @@ use crate::web::{AppState, Chrome, ClientAddr, Limited, csrf_ok, csrf_token, pag
 #[derive(Deserialize, Default)]
 pub struct NewTicketForm {
     #[serde(default)]
-    csrf: String,
+    pub(crate) csrf: String,
     #[serde(default)]
-    request_id: String,
+    pub(crate) request_id: String,
     #[serde(default)]
-    subject: String,
+    pub(crate) subject: String,
     #[serde(default)]
-    body: String,
+    pub(crate) body: String,
     #[serde(default)]
-    email: String,
+    pub(crate) email: String,
     #[serde(default)]
-    language: String,
+    pub(crate) language: String,
     /// The honeypot: hidden from people, filled in by form-filling bots.
     #[serde(default)]
-    website: String,
+    pub(crate) website: String,
 }
 
 /// `GET /`.
@@ -51,17 +51,24 @@ pub async fn home(
             sign_out: None,
         },
         title: t.home_title,
+        signed_in: state
+            .cookies
+            .read::<crate::oidc::SignedIn>(&jar, crate::web::CUSTOMER)
+            .is_some(),
+        sign_in_enabled: state.oidc.is_some(),
     };
     (jar, page(StatusCode::OK, &body)).into_response()
 }
 
-fn form_page(
+/// The new-ticket form: a guest's ("Submit a request") or a signed-in customer's.
+pub(crate) fn form_page(
     state: &AppState,
     jar: PrivateCookieJar,
     t: &'static Texts,
     status: StatusCode,
     form: NewTicketForm,
     errors: [Option<&'static str>; 3],
+    guest: bool,
 ) -> Response {
     let (jar, csrf) = csrf_token(state, jar);
     let [subject_error, body_error, email_error] = errors;
@@ -74,9 +81,20 @@ fn form_page(
         chrome: Chrome {
             t,
             csrf,
-            sign_out: None,
+            sign_out: (!guest).then_some("/sign-out"),
         },
-        title: t.new_ticket_title,
+        title: if guest {
+            t.new_ticket_title
+        } else {
+            t.new_ticket
+        },
+        guest,
+        action: if guest {
+            "/requests/new"
+        } else {
+            "/tickets/new"
+        },
+        submit_label: if guest { t.submit_request } else { t.send },
         has_errors: errors.iter().any(Option::is_some),
         subject: form.subject,
         subject_error,
@@ -103,7 +121,7 @@ pub async fn new_form(
         request_id: uuid::Uuid::new_v4().to_string(),
         ..NewTicketForm::default()
     };
-    form_page(&state, jar, t, StatusCode::OK, form, [None; 3])
+    form_page(&state, jar, t, StatusCode::OK, form, [None; 3], true)
 }
 
 /// A plausible address: one `@`, something on both sides, a dot in the domain. The ticket
@@ -121,6 +139,32 @@ fn plausible_email(raw: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// The form's problems, field by field (subject, description, address), and the status to
+/// answer with; `None` when it can be sent.
+pub(crate) fn invalid(
+    t: &'static Texts,
+    form: &NewTicketForm,
+    guest: bool,
+) -> Option<(StatusCode, [Option<&'static str>; 3])> {
+    let subject_error = if form.subject.trim().is_empty() {
+        Some(t.subject_empty)
+    } else if form.subject.chars().count() > SUBJECT_MAX_CHARS {
+        Some(t.too_long)
+    } else {
+        None
+    };
+    let body_check = check_body(t, &form.body);
+    let email_error = (guest && !plausible_email(&form.email)).then_some(t.email_invalid);
+    if subject_error.is_none() && body_check.is_none() && email_error.is_none() {
+        return None;
+    }
+    let status = body_check.map_or(StatusCode::UNPROCESSABLE_ENTITY, |(s, _)| s);
+    Some((
+        status,
+        [subject_error, body_check.map(|(_, m)| m), email_error],
+    ))
 }
 
 /// `POST /requests/new`.
@@ -144,26 +188,8 @@ pub async fn submit(
         tracing::info!(%client, "honeypot field filled; request dropped");
         return see_other("/requests/sent");
     }
-    let subject_error = if form.subject.trim().is_empty() {
-        Some(t.subject_empty)
-    } else if form.subject.chars().count() > SUBJECT_MAX_CHARS {
-        Some(t.too_long)
-    } else {
-        None
-    };
-    let body_check = check_body(t, &form.body);
-    let email_error = (!plausible_email(&form.email)).then_some(t.email_invalid);
-    if subject_error.is_some() || body_check.is_some() || email_error.is_some() {
-        let status = body_check.map_or(StatusCode::UNPROCESSABLE_ENTITY, |(s, _)| s);
-        let body_error = body_check.map(|(_, m)| m);
-        return form_page(
-            &state,
-            jar,
-            t,
-            status,
-            form,
-            [subject_error, body_error, email_error],
-        );
+    if let Some((status, errors)) = invalid(t, &form, true) {
+        return form_page(&state, jar, t, status, form, errors, true);
     }
     if let Err(secs) = state.limits.check(Limited::GuestTicket, client) {
         return slow_down(&state, jar, t, secs);
@@ -201,6 +227,7 @@ pub async fn submit(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 form,
                 errors,
+                true,
             )
         }
         Err(e) if e.code == Code::ResourceExhausted => {

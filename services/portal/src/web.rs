@@ -30,6 +30,8 @@ pub struct Shared {
     pub cookies: CookieNames,
     pub limits: Limits,
     pub trust_forwarded_for: bool,
+    /// Customer sign-in, when configured.
+    pub oidc: Option<crate::oidc::Oidc>,
 }
 
 impl std::ops::Deref for AppState {
@@ -46,8 +48,13 @@ impl FromRef<AppState> for Key {
 }
 
 impl AppState {
-    pub fn new(config: &Config, backend: Backend) -> Self {
-        AppState(Arc::new(Shared {
+    pub fn new(config: &Config, backend: Backend) -> anyhow::Result<Self> {
+        let oidc = config
+            .oidc
+            .clone()
+            .map(crate::oidc::Oidc::new)
+            .transpose()?;
+        Ok(AppState(Arc::new(Shared {
             backend,
             key: Key::from(&config.cookie_key_bytes()),
             cookies: CookieNames {
@@ -55,7 +62,8 @@ impl AppState {
             },
             limits: Limits::new(config.limits),
             trust_forwarded_for: config.trust_forwarded_for,
-        }))
+            oidc,
+        })))
     }
 }
 
@@ -74,6 +82,10 @@ pub const CSRF: &str = "tidings_csrf";
 pub const LINK: &str = "tidings_link";
 /// The guest session: one ticket, the session token's lifetime.
 pub const GUEST: &str = "tidings_guest";
+/// A sign-in under way (state, nonce, PKCE verifier): ten minutes.
+pub const SIGN_IN: &str = "tidings_sign_in";
+/// A signed-in customer: the provider's access token, for its lifetime.
+pub const CUSTOMER: &str = "tidings_customer";
 
 impl CookieNames {
     pub fn name(&self, base: &str) -> String {
@@ -170,6 +182,7 @@ pub enum Limited {
     CodeCheck,
     GuestTicket,
     FreshLink,
+    SignIn,
 }
 
 /// Per client address (GCRA, `governor`), per replica; the ticket service bounds each ticket
@@ -179,6 +192,7 @@ pub struct Limits {
     code_checks: DefaultKeyedRateLimiter<IpAddr>,
     guest_tickets: DefaultKeyedRateLimiter<IpAddr>,
     fresh_links: DefaultKeyedRateLimiter<IpAddr>,
+    sign_ins: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
 }
 
@@ -190,6 +204,7 @@ impl Limits {
             code_checks: keyed(s.code_checks),
             guest_tickets: keyed(s.guest_tickets),
             fresh_links: keyed(s.fresh_links),
+            sign_ins: keyed(s.sign_ins),
             clock: DefaultClock::default(),
         }
     }
@@ -201,6 +216,7 @@ impl Limits {
             Limited::CodeCheck => &self.code_checks,
             Limited::GuestTicket => &self.guest_tickets,
             Limited::FreshLink => &self.fresh_links,
+            Limited::SignIn => &self.sign_ins,
         };
         limiter.check_key(&client).map_err(|not_until| {
             tracing::info!(?what, %client, "portal rate limit reached");

@@ -55,8 +55,8 @@ chaos: ## faults under steady load for CHAOS_SECONDS (120): counts lost and dupl
 		cargo nextest run -p tidings-tests --no-capture -E 'binary(chaos)' 2>&1 | grep -E '^chaos|^ +(PASS|FAIL) \[|panicked'
 
 .PHONY: bench
-bench: up ## benchmarks against the real stack (see README, Performance); BENCH=ticket|email|push for one
-	eval "$$($(STACK) env)"; for b in $${BENCH:-ticket email push}; do bench/$$b.sh || exit 1; done
+bench: up ## benchmarks against the real stack (see README, Performance); BENCH=ticket|email|push|portal for one
+	eval "$$($(STACK) env)"; for b in $${BENCH:-ticket email push portal}; do bench/$$b.sh || exit 1; done
 
 .PHONY: fmt
 fmt: ## format the code

@@ -514,3 +514,103 @@ async fn an_italian_guest_reads_italian_pages_whatever_the_browser_says() {
         .await
         .assert_contains(r#"<html lang="en">"#);
 }
+
+#[tokio::test]
+async fn twenty_wrong_codes_lock_the_ticket_until_tomorrow_and_say_so() {
+    let s = portal_stack().await;
+    let v = Visitor::new(&s.portal);
+    let email = format!("{}@example.org", unique("locked"));
+    let link = guest_request(&v, &email, "Locked out", "en").await;
+    let clean = v.get(&link).await.location().unwrap().to_owned();
+    let id = clean.rsplit('/').next().unwrap().to_owned();
+    let csrf = v.csrf().await;
+    let mut last = None;
+    for round in 1..=4 {
+        if round > 1 {
+            // One code a minute per ticket.
+            s.app.clock.advance(chrono::Duration::seconds(61));
+        }
+        let sent = v
+            .post(&format!("/guest/tickets/{id}/code"), &[("csrf", &csrf)])
+            .await;
+        assert_eq!(sent.status, 303, "round {round}: {}", sent.body);
+        let code = code_in(&mail_starting(&email, "Your verification code", round).await);
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        for _ in 0..5 {
+            last = Some(
+                v.post(
+                    &format!("/guest/tickets/{id}/verify"),
+                    &[("csrf", &csrf), ("code", wrong)],
+                )
+                .await,
+            );
+        }
+    }
+    let locked = last.unwrap();
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    locked.assert_contains("Too many attempts on this ticket today. Try again tomorrow");
+    assert!(locked.header("retry-after").is_some());
+    // A new code is refused the same way, whatever the browser.
+    s.app.clock.advance(chrono::Duration::seconds(61));
+    let again = v
+        .post(&format!("/guest/tickets/{id}/code"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(again.status, 429);
+    again.assert_contains("Try again tomorrow");
+    let locks = s
+        .app
+        .count("SELECT count(*) FROM events WHERE event_type = 'GuestAccessLocked'")
+        .await;
+    assert_eq!(locks, 1, "the lock is on the ticket's event stream");
+}
+
+#[tokio::test]
+async fn a_client_over_the_portals_code_request_limit_gets_a_page_and_retry_after() {
+    let app = spawn_app().await;
+    let portal = spawn_portal(
+        &app,
+        vec![("TIDINGS_PORTAL_CODE_REQUESTS_PER_HOUR", "1".to_owned())],
+    )
+    .await;
+    let v = Visitor::new(&portal);
+    let email = format!("{}@example.org", unique("limited"));
+    let opened = app
+        .tickets()
+        .await
+        .open_ticket(OpenTicketRequest {
+            request_id: rid(),
+            subject: "Rate limited".into(),
+            body: "text".into(),
+            guest: Some(GuestRequester {
+                email: email.clone(),
+                locale: "en".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ticket = tidings_domain::TicketId::parse(&opened.ticket_id).unwrap();
+    let link = keyring().mint_link(
+        ticket,
+        &tidings_domain::Email::parse(&email).unwrap(),
+        chrono::Utc::now(),
+    );
+    let clean = v
+        .get(&format!("/guest/tickets/{ticket}?link={link}"))
+        .await
+        .location()
+        .unwrap()
+        .to_owned();
+    let csrf = v.csrf().await;
+    let path = format!("{clean}/code");
+    assert_eq!(v.post(&path, &[("csrf", &csrf)]).await.status, 303);
+    let limited = v.post(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(limited.status, 429);
+    limited.assert_contains("Too many requests from your network");
+    let wait: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait > 60, "an hour's bucket: {wait}");
+    let codes = app
+        .count("SELECT count(*) FROM events WHERE event_type = 'AccessCodeRequested'")
+        .await;
+    assert_eq!(codes, 1, "the limited request reached nothing");
+}

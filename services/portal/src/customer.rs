@@ -2,8 +2,7 @@
 //! address their emails link to), replies and new tickets. Every call to the ticket service
 //! carries the customer's access token from the provider.
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::PrivateCookieJar;
@@ -19,12 +18,12 @@ use crate::backend::Caller;
 use crate::i18n::{Lang, Texts};
 use crate::oidc::{Pending, SignedIn};
 use crate::pages::{
-    Notice, TicketRow, TicketsPage, check_body, form_expired, form_rejected, request_id_of,
-    slow_down, status_badge, ticket_page, times, unavailable,
+    Notice, TicketRow, TicketsPage, check_body, request_id_of, slow_down, status_badge,
+    ticket_page, times, unavailable,
 };
 use crate::requests::{NewTicketForm, form_page, invalid};
 use crate::web::{
-    AppState, CUSTOMER, Chrome, ClientAddr, GUEST, LINK, Limited, SIGN_IN, csrf_ok, csrf_token,
+    AppState, CUSTOMER, CheckedForm, Chrome, ClientAddr, GUEST, LINK, Limited, SIGN_IN, csrf_token,
     page, see_other,
 };
 
@@ -191,18 +190,9 @@ pub async fn callback(
 /// `POST /sign-out`.
 pub async fn sign_out(
     State(state): State<AppState>,
-    headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<crate::guest::CsrfForm>, FormRejection>,
+    CheckedForm(_): CheckedForm<crate::guest::ButtonForm>,
 ) -> Response {
-    let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, form.csrf()) {
-        return form_expired(&state, jar, &headers);
-    }
     let jar = jar.remove(state.cookies.removal(CUSTOMER));
     see_other_with(jar, "/")
 }
@@ -359,16 +349,6 @@ async fn render(
     }
 }
 
-#[derive(Deserialize)]
-pub struct ReplyForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    request_id: String,
-    #[serde(default)]
-    body: String,
-}
-
 /// `POST /tickets/{id}/reply`.
 pub async fn reply(
     State(state): State<AppState>,
@@ -376,16 +356,8 @@ pub async fn reply(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<ReplyForm>, FormRejection>,
+    CheckedForm(form): CheckedForm<crate::guest::ReplyForm>,
 ) -> Response {
-    let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, &form.csrf) {
-        return form_expired(&state, jar, &headers);
-    }
     let Ok(id) = Uuid::parse_str(&raw_id).map(|id| id.to_string()) else {
         return crate::pages::not_found(headers).await;
     };
@@ -453,16 +425,8 @@ pub async fn submit(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<NewTicketForm>, FormRejection>,
+    CheckedForm(form): CheckedForm<NewTicketForm>,
 ) -> Response {
-    let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, &form.csrf) {
-        return form_expired(&state, jar, &headers);
-    }
     let Some(session) = signed_in(&state, &jar) else {
         return to_sign_in("/tickets/new");
     };

@@ -9,8 +9,7 @@
 //! - Pages never say whether a ticket or an address exists: a page without a usable link or
 //!   session looks the same for every ticket id.
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::PrivateCookieJar;
@@ -21,11 +20,9 @@ use uuid::Uuid;
 
 use crate::backend::{CallError, Caller};
 use crate::i18n::{Lang, Texts};
-use crate::pages::{
-    Notice, VerifyPage, form_expired, form_rejected, slow_down, ticket_page, unavailable,
-};
+use crate::pages::{Notice, VerifyPage, slow_down, ticket_page, unavailable};
 use crate::web::{
-    AppState, Chrome, ClientAddr, GUEST, LINK, Limited, csrf_ok, csrf_token, page, see_other,
+    AppState, CheckedForm, Chrome, ClientAddr, GUEST, LINK, Limited, csrf_token, page, see_other,
     with_retry_after,
 };
 
@@ -56,16 +53,11 @@ pub struct LinkQuery {
     link: Option<String>,
 }
 
+/// A form that is only a button (and its CSRF token).
 #[derive(Deserialize)]
-pub struct CsrfForm {
+pub struct ButtonForm {
     #[serde(default)]
     csrf: String,
-}
-
-impl CsrfForm {
-    pub fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 #[derive(Deserialize)]
@@ -76,14 +68,33 @@ pub struct CodeForm {
     code: String,
 }
 
+/// The reply box, on a guest's and on a customer's ticket page.
 #[derive(Deserialize)]
 pub struct ReplyForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
-    request_id: String,
+    pub(crate) request_id: String,
     #[serde(default)]
-    body: String,
+    pub(crate) body: String,
+}
+
+impl crate::web::CsrfForm for ButtonForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl crate::web::CsrfForm for CodeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl crate::web::CsrfForm for ReplyForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 fn link_of(state: &AppState, jar: &PrivateCookieJar, ticket_id: &str) -> Option<LinkState> {
@@ -279,16 +290,9 @@ pub async fn send_code(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    CheckedForm(_): CheckedForm<ButtonForm>,
 ) -> Response {
     let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, &form.csrf) {
-        return form_expired(&state, jar, &headers);
-    }
     let Some(mut link) = ticket_id_of(&raw_id).and_then(|id| link_of(&state, &jar, &id)) else {
         return no_link(&state, jar, &headers);
     };
@@ -324,16 +328,9 @@ pub async fn verify_code(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<CodeForm>, FormRejection>,
+    CheckedForm(form): CheckedForm<CodeForm>,
 ) -> Response {
     let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, &form.csrf) {
-        return form_expired(&state, jar, &headers);
-    }
     let Some(mut link) = ticket_id_of(&raw_id).and_then(|id| link_of(&state, &jar, &id)) else {
         return no_link(&state, jar, &headers);
     };
@@ -413,16 +410,8 @@ pub async fn reply(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<ReplyForm>, FormRejection>,
+    CheckedForm(form): CheckedForm<ReplyForm>,
 ) -> Response {
-    let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, &form.csrf) {
-        return form_expired(&state, jar, &headers);
-    }
     let Some(ticket_id) = ticket_id_of(&raw_id) else {
         return no_link(&state, jar, &headers);
     };
@@ -466,16 +455,9 @@ pub async fn fresh_link(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    CheckedForm(_): CheckedForm<ButtonForm>,
 ) -> Response {
     let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, &form.csrf) {
-        return form_expired(&state, jar, &headers);
-    }
     let Some(link) = ticket_id_of(&raw_id).and_then(|id| link_of(&state, &jar, &id)) else {
         return no_link(&state, jar, &headers);
     };
@@ -502,16 +484,9 @@ pub async fn sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    CheckedForm(_): CheckedForm<ButtonForm>,
 ) -> Response {
     let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, &form.csrf) {
-        return form_expired(&state, jar, &headers);
-    }
     let jar = jar
         .remove(state.cookies.removal(GUEST))
         .remove(state.cookies.removal(LINK));

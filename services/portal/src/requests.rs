@@ -1,7 +1,6 @@
 //! "Submit a request" without signing in: a guest ticket, whose first mail carries the link.
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::PrivateCookieJar;
@@ -12,10 +11,10 @@ use tonic::Code;
 use crate::backend::Caller;
 use crate::i18n::{Lang, Texts};
 use crate::pages::{
-    BODY_MAX_CHARS, HomePage, NewTicketPage, Notice, SUBJECT_MAX_CHARS, check_body, form_expired,
-    form_rejected, request_id_of, slow_down, unavailable,
+    BODY_MAX_CHARS, HomePage, NewTicketPage, Notice, SUBJECT_MAX_CHARS, check_body, request_id_of,
+    slow_down, unavailable,
 };
-use crate::web::{AppState, Chrome, ClientAddr, Limited, csrf_ok, csrf_token, page, see_other};
+use crate::web::{AppState, CheckedForm, Chrome, ClientAddr, Limited, csrf_token, page, see_other};
 
 #[derive(Deserialize, Default)]
 pub struct NewTicketForm {
@@ -34,6 +33,12 @@ pub struct NewTicketForm {
     /// The honeypot: hidden from people, filled in by form-filling bots.
     #[serde(default)]
     pub(crate) website: String,
+}
+
+impl crate::web::CsrfForm for NewTicketForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 /// `GET /`.
@@ -173,16 +178,9 @@ pub async fn submit(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     jar: PrivateCookieJar,
-    form: Result<Form<NewTicketForm>, FormRejection>,
+    CheckedForm(form): CheckedForm<NewTicketForm>,
 ) -> Response {
     let t = Lang::choose(None, &headers).texts();
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(rejection) => return form_rejected(t, &rejection),
-    };
-    if !csrf_ok(&state, &jar, &form.csrf) {
-        return form_expired(&state, jar, &headers);
-    }
     if !form.website.is_empty() {
         // A bot: answer as if it worked, open nothing.
         tracing::info!(%client, "honeypot field filled; request dropped");

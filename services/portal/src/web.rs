@@ -144,6 +144,45 @@ pub fn csrf_ok(state: &AppState, jar: &PrivateCookieJar, submitted: &str) -> boo
         .is_some_and(|token| bool::from(token.as_bytes().ct_eq(submitted.as_bytes())))
 }
 
+/// A form that carries the page's CSRF token.
+pub trait CsrfForm {
+    fn csrf(&self) -> &str;
+}
+
+/// A POSTed form, read and checked: an unreadable form (too large, not a form) is answered
+/// with a page and its 4xx status, and one whose CSRF token is missing or wrong with a 403
+/// page, before the handler runs — so no handler can forget either check.
+pub struct CheckedForm<T>(pub T);
+
+impl<T> axum::extract::FromRequest<AppState> for CheckedForm<T>
+where
+    T: DeserializeOwned + CsrfForm + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let jar = match PrivateCookieJar::<Key>::from_request_parts(&mut parts, state).await {
+            Ok(jar) => jar,
+            Err(never) => match never {},
+        };
+        let headers = parts.headers.clone();
+        let req = axum::extract::Request::from_parts(parts, body);
+        let form = axum::Form::<T>::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                crate::pages::form_rejected(
+                    crate::i18n::Lang::choose(None, &headers).texts(),
+                    &rejection,
+                )
+            })?;
+        if !csrf_ok(state, &jar, form.0.csrf()) {
+            return Err(crate::pages::form_expired(state, jar, &headers));
+        }
+        Ok(CheckedForm(form.0))
+    }
+}
+
 // ---- the client ----
 
 /// The visitor's address: the TCP peer, or behind a trusted proxy the last address of

@@ -71,18 +71,18 @@ pub struct VerifyPage {
     pub error: Option<String>,
 }
 
-pub struct MessageView {
+pub struct MessageView<'a> {
     pub author: String,
     pub mine: bool,
     pub agent: bool,
     pub time_iso: String,
     pub time_text: String,
-    pub body: String,
+    pub body: &'a str,
 }
 
 #[derive(Template)]
 #[template(path = "ticket.html")]
-pub struct TicketPage {
+pub struct TicketPage<'a> {
     pub chrome: Chrome,
     pub title: String,
     pub number_label: String,
@@ -90,7 +90,7 @@ pub struct TicketPage {
     pub status_class: &'static str,
     pub awaiting: bool,
     pub resolved: bool,
-    pub messages: Vec<MessageView>,
+    pub messages: Vec<MessageView<'a>>,
     pub reply_action: String,
     pub request_id: String,
     pub error: Option<&'static str>,
@@ -154,11 +154,16 @@ pub fn status_badge(t: &'static Texts, status: i32) -> (&'static str, &'static s
 /// A time as the pages show it: ISO for `<time datetime>`, and UTC text (the page's script
 /// turns it into the reader's zone).
 pub fn times(at: Option<&prost_types::Timestamp>) -> (String, String) {
-    let at = at.and_then(tidings_proto::from_timestamp);
+    use chrono::{Datelike as _, Timelike as _};
+    // Written out field by field: a ticket page shows two per message, and chrono's `format`
+    // parses its pattern on every call (docs/performance.md, the portal).
+    let Some(at) = at.and_then(tidings_proto::from_timestamp) else {
+        return (String::new(), String::new());
+    };
+    let (y, mo, d, h, mi) = (at.year(), at.month(), at.day(), at.hour(), at.minute());
     (
-        at.map(|at| at.to_rfc3339()).unwrap_or_default(),
-        at.map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
-            .unwrap_or_default(),
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{:02}Z", at.second()),
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02} UTC"),
     )
 }
 
@@ -183,19 +188,14 @@ pub fn ticket_page(
                 pb::AuthorKind::Customer | pb::AuthorKind::Guest => (t.you.to_owned(), true, false),
                 _ => (t.system.to_owned(), false, false),
             };
-            let at = m
-                .created_at
-                .as_ref()
-                .and_then(tidings_proto::from_timestamp);
+            let (time_iso, time_text) = times(m.created_at.as_ref());
             MessageView {
                 author,
                 mine,
                 agent,
-                time_iso: at.map(|at| at.to_rfc3339()).unwrap_or_default(),
-                time_text: at
-                    .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
-                    .unwrap_or_default(),
-                body: m.body.clone(),
+                time_iso,
+                time_text,
+                body: &m.body,
             }
         })
         .collect();
@@ -282,4 +282,20 @@ pub async fn not_found(headers: HeaderMap) -> Response {
     let t = Lang::choose(None, &headers).texts();
     let notice = Notice::new(t, String::new(), t.error_title, t.not_found);
     page(StatusCode::NOT_FOUND, &notice)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_iso_for_machines_and_utc_text_for_people() {
+        // Given a timestamp, then both forms name the same minute.
+        let at = prost_types::Timestamp {
+            seconds: 1_796_408_105, // 2026-12-04 18:15:05 UTC
+            nanos: 120_000_000,
+        };
+        let (iso, text) = super::times(Some(&at));
+        assert_eq!(iso, "2026-12-04T18:15:05Z");
+        assert_eq!(text, "2026-12-04 18:15 UTC");
+        assert_eq!(super::times(None), (String::new(), String::new()));
+    }
 }

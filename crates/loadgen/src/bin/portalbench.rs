@@ -118,7 +118,9 @@ fn hidden(html: &str, name: &str) -> anyhow::Result<String> {
     Ok(html[start..end].replace("&amp;", "&"))
 }
 
-/// Signs `sub` in to the portal at the provider double; returns the session cookie.
+/// Signs `sub` in to the portal at the provider double and opens one page, as a browser
+/// would; returns the cookies the browser then sends with every page (the session and the
+/// CSRF token).
 async fn sign_in(portal: &str, sub: &str) -> anyhow::Result<String> {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -176,13 +178,28 @@ async fn sign_in(portal: &str, sub: &str) -> anyhow::Result<String> {
         .header("cookie", pending.join("; "))
         .send()
         .await?;
-    done.headers()
+    let session = done
+        .headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok()?.split(';').next())
         .find(|c| c.starts_with("tidings_customer=") || c.starts_with("__Host-tidings_customer="))
         .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("the callback set no session ({})", done.status()))
+        .ok_or_else(|| anyhow::anyhow!("the callback set no session ({})", done.status()))?;
+    let first = http
+        .get(format!("{portal}/tickets"))
+        .header("cookie", &session)
+        .send()
+        .await?;
+    let csrf = first
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next())
+        .find(|c| c.contains("tidings_csrf="))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("the first page set no CSRF cookie"))?;
+    Ok(format!("{session}; {csrf}"))
 }
 
 fn encode(raw: &str) -> String {

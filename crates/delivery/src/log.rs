@@ -146,6 +146,13 @@ impl SendLog {
                 .test_before_acquire(false)
                 .acquire_timeout(std::time::Duration::from_secs(5))
                 .connect_lazy_with(options);
+            // Every writer's connection is opened before the first record needs it: opened
+            // on demand, the first batches would wait for the connection set-up, and every
+            // send accepted meanwhile would carry it in its crash window.
+            let warm = (0..writers.max(1)).map(|_| pool.acquire());
+            if let Err(e) = futures::future::try_join_all(warm).await {
+                tracing::warn!(error = %e, "send-record connections not opened yet; records will open them");
+            }
             record_batches(pool, table, rrx, writers.max(1)).await;
         });
         (

@@ -136,9 +136,10 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .chain((25..=100).step_by(5).map(|ms| ms as f64 / 1000.0))
                 .chain([0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
                 .collect();
+            // The exporter tries full names before suffixes (and suffixes in string order),
+            // so the millisecond histograms are named in full: a suffix such as
+            // `_unrecorded_seconds` would lose to `_seconds`.
             let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-                .expect("static buckets are valid")
                 .set_buckets_for_metric(
                     Matcher::Full("tidings_outbox_publish_lag_seconds".into()),
                     &lag_buckets,
@@ -146,7 +147,17 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("static buckets are valid")
                 // The crash window (provider acceptance → send record) has a target in
                 // milliseconds too (p99 <= 10 ms).
-                .set_buckets_for_metric(Matcher::Suffix("_unrecorded_seconds".into()), &lag_buckets)
+                .set_buckets_for_metric(
+                    Matcher::Full("tidings_email_unrecorded_seconds".into()),
+                    &lag_buckets,
+                )
+                .expect("static buckets are valid")
+                .set_buckets_for_metric(
+                    Matcher::Full("tidings_push_unrecorded_seconds".into()),
+                    &lag_buckets,
+                )
+                .expect("static buckets are valid")
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();

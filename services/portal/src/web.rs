@@ -330,3 +330,30 @@ pub fn security_headers() -> [(HeaderName, HeaderValue); 4] {
         (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_host_prefixed_and_secure_over_tls_and_always_http_only_and_lax() {
+        // Given the portal served over TLS, when a session cookie is made, then it carries
+        // the `__Host-` prefix, Secure, Path=/, HttpOnly and SameSite=Lax.
+        let tls = CookieNames { secure: true };
+        let c = tls.make(GUEST, &"token", Some(time::Duration::hours(24)));
+        assert_eq!(c.name(), "__Host-tidings_guest");
+        assert_eq!(c.secure(), Some(true));
+        assert_eq!(c.path(), Some("/"));
+        assert_eq!(c.http_only(), Some(true));
+        assert_eq!(c.same_site(), Some(SameSite::Lax));
+        assert_eq!(c.max_age(), Some(time::Duration::hours(24)));
+        // Given plain HTTP (development), then no prefix and no Secure, the rest the same.
+        let plain = CookieNames { secure: false };
+        let c = plain.make(CSRF, &"t", None);
+        assert_eq!(c.name(), "tidings_csrf");
+        assert_eq!(c.secure(), Some(false));
+        assert_eq!(c.http_only(), Some(true));
+        assert_eq!(c.same_site(), Some(SameSite::Lax));
+        assert_eq!(c.max_age(), None, "a browser-session cookie");
+    }
+}

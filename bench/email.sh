@@ -100,7 +100,7 @@ round() {
   bytes="$(metric tidings_email_bytes_total)"
   window="$(window_p99)"
   # The whole histogram, kept for a look at the window's shape.
-  curl -fsS "http://$ADMIN/metrics" 2>/dev/null | grep '^tidings_email_unrecorded_seconds' > ".dev/bench-email-window-$r.txt" || true
+  curl -fsS "http://$ADMIN/metrics" 2>/dev/null | grep -E '^tidings_(email_unrecorded|send_record_write)_seconds' > ".dev/bench-email-window-$r.txt" || true
   rss_kb="$(awk '/VmHWM/ {print $2}' /proc/$DISPATCHER/status)"
   kill -TERM $DISPATCHER; wait $DISPATCHER 2>/dev/null || true
   size=$((bytes / N))

@@ -321,9 +321,13 @@ async fn record_batches(
         };
         let pool = pool.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let result = write_records(&pool, table, &batch)
                 .await
                 .map(|()| Instant::now());
+            // The statement's share of the crash window (the rest is the wait for it).
+            metrics::histogram!("tidings_send_record_write_seconds", "table" => table)
+                .record(started.elapsed().as_secs_f64());
             drop(writer);
             for (_, reply) in batch {
                 let _ = reply.send(result.clone());

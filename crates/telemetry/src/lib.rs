@@ -157,6 +157,11 @@ pub fn metrics_handle() -> PrometheusHandle {
                     &lag_buckets,
                 )
                 .expect("static buckets are valid")
+                .set_buckets_for_metric(
+                    Matcher::Full("tidings_send_record_write_seconds".into()),
+                    &lag_buckets,
+                )
+                .expect("static buckets are valid")
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .expect("static buckets are valid")
                 .build_recorder();

@@ -21,9 +21,10 @@ use tidings_proto::events::v1::Channel;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Send-record batches written at once, on the SMTP session thread. With one, a record queues
-/// behind the batch in flight and the crash window grows by that batch's commit; with four it
-/// commits about one write after it was queued (docs/delivery.md, "The crash window").
-const RECORD_WRITERS: usize = 4;
+/// behind the batch in flight and the crash window grows by that batch's commit; with several
+/// it commits about one write after it was queued, and a slow statement holds back only its
+/// own batch (docs/delivery.md, "The crash window", has the measurements for four and eight).
+const RECORD_WRITERS: usize = 8;
 
 /// Lanes of the access-codes consumer, at most.
 const CODE_LANES: usize = 64;

@@ -40,6 +40,7 @@ test: ## start the stack, then run every test (unit + integration)
 	@# The suite's shared broker forgets on restart (tests make their own durable ones).
 	@TIDINGS_DEV_KAFKA_STORAGE=$${TIDINGS_DEV_KAFKA_STORAGE:-memory} $(STACK) up
 	@$(STACK) browser
+	@$(STACK) s3
 	@psql "$(TEST_DB)" -qtAc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 't\_%'" | PGOPTIONS='-c client_min_messages=warning' psql "$(TEST_DB)" -q >/dev/null
 	@# The chaos test runs alone after the rest: its load would be every other test's noise.
 	@# It runs the services' binaries, which a test run does not necessarily build.

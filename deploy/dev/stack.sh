@@ -7,6 +7,7 @@
 #   stack.sh deps   install what is missing (tansu, PostgreSQL, MailDev)
 #   stack.sh up     start what is not running and create the databases
 #   stack.sh browser  install what the browser tests need (chromium, playwright-core, axe-core)
+#   stack.sh s3     install and start the S3 server the attachment tests use (moto)
 #   stack.sh down   stop what this script started
 #   stack.sh env    print the variables that point the services at the stack
 set -euo pipefail
@@ -30,6 +31,9 @@ TANSU="$TANSU_ROOT/bin/tansu"
 # .dev/); TIDINGS_DEV_KAFKA_STORAGE=memory gives a broker that forgets on restart.
 KAFKA_STORAGE="${TIDINGS_DEV_KAFKA_STORAGE:-sqlite}"
 MAILDEV_VERSION=3
+# moto's server mode: a real S3-protocol server from PyPI, for the S3 attachment tests.
+MOTO_VENV="$STATE/moto"
+S3_PORT="${TIDINGS_DEV_S3_PORT:-19500}"
 MAILDEV_BIN="$STATE/maildev/node_modules/.bin/maildev"
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -153,6 +157,22 @@ ensure_browser() {
   fi
 }
 
+ensure_moto() {
+  if [ -x "$MOTO_VENV/bin/moto_server" ]; then return; fi
+  log "installing moto (an S3 server, from PyPI) into .dev/moto"
+  mkdir -p "$STATE"
+  python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/deploy/dev/requirements-s3.txt"
+}
+
+start_moto() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null; then return; fi
+  log "starting moto (S3) on 127.0.0.1:$S3_PORT"
+  nohup "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STATE/moto.log" 2>&1 &
+  echo $! >"$STATE/moto.pid"
+  wait_port 127.0.0.1 "$S3_PORT" 30 moto
+}
+
 # A MailDev left running by a checkout that was since deleted still answers on its ports but
 # can no longer store mail (its --mail-directory is gone): stop it so ours can start.
 stop_orphaned_maildev() {
@@ -206,9 +226,14 @@ case "${1:-}" in
   browser)
     ensure_browser
     ;;
+  s3)
+    ensure_moto
+    start_moto
+    ;;
   down)
     stop_pidfile tansu
     stop_pidfile maildev
+    stop_pidfile moto
     ;;
   env)
     echo "export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}"
@@ -216,9 +241,10 @@ case "${1:-}" in
     echo "export MAILDEV_BIN=$MAILDEV_BIN"
     echo "export TIDINGS_TEST_SMTP=127.0.0.1:$SMTP_PORT"
     echo "export TIDINGS_TEST_MAILDEV=http://127.0.0.1:$MAILDEV_WEB_PORT"
+    echo "export TIDINGS_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"
     ;;
   *)
-    echo "usage: $0 deps|up|browser|down|env" >&2
+    echo "usage: $0 deps|up|browser|s3|down|env" >&2
     exit 2
     ;;
 esac

@@ -127,6 +127,17 @@ async fn a_customer_signs_in_opens_a_ticket_reads_the_answer_and_replies() {
     // Signed out: the pages ask for a sign-in again.
     let out = v.post("/sign-out", &[("csrf", &page.hidden("csrf"))]).await;
     assert_eq!(out.status, 303);
+    // A reply posted from a page left open: 401, a way to sign in, and the text kept.
+    let late = v
+        .post(
+            &format!("{ticket_path}/reply"),
+            &[("csrf", &page.hidden("csrf")), ("body", "one more thing")],
+        )
+        .await;
+    assert_eq!(late.status, 401);
+    late.assert_contains("Sign in again");
+    late.assert_contains(&format!(r#"href="/sign-in?return_to={ticket_path}""#));
+    late.assert_contains(">one more thing</textarea>");
     let again = v.get(&ticket_path).await;
     assert_eq!(again.status, 303);
     assert!(

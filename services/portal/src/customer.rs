@@ -363,7 +363,9 @@ pub async fn reply(
     };
     let here = format!("/tickets/{id}");
     let Some(session) = signed_in(&state, &jar) else {
-        return to_sign_in(&here);
+        // A POST is never redirected to the provider (the CSP's form-action would stop it
+        // there): say so, with a way to sign in, and keep the text.
+        return signed_out_post(&state, jar, &headers, &here, form.body);
     };
     let t = lang_of(&session, &headers);
     if let Some((status, message)) = check_body(t, &form.body) {
@@ -381,15 +383,10 @@ pub async fn reply(
         .await
     {
         Ok(_) => see_other(&format!("{here}#latest")),
-        Err(e) if e.code == Code::InvalidArgument => {
-            let error = Some((StatusCode::UNPROCESSABLE_ENTITY, t.reply_empty, form.body));
-            render(&state, jar, &headers, client, &id, error).await
+        Err(e) if e.code == Code::Unauthenticated => {
+            let jar = jar.remove(state.cookies.removal(CUSTOMER));
+            signed_out_post(&state, jar, &headers, &here, form.body)
         }
-        Err(e) if e.code == Code::Unauthenticated => (
-            jar.remove(state.cookies.removal(CUSTOMER)),
-            to_sign_in(&here),
-        )
-            .into_response(),
         Err(e) if matches!(e.code, Code::NotFound | Code::PermissionDenied) => notice(
             &state,
             jar,
@@ -398,8 +395,33 @@ pub async fn reply(
             t.error_title,
             t.not_found,
         ),
-        Err(e) => unavailable(t, &e),
+        Err(e) => match crate::pages::reply_refused(t, &e) {
+            Some((status, message)) => {
+                let error = Some((status, message, form.body));
+                render(&state, jar, &headers, client, &id, error).await
+            }
+            None => unavailable(t, &e),
+        },
     }
+}
+
+/// A form posted by a customer whose session ended: 401, a link to sign in and come back,
+/// and what they wrote.
+fn signed_out_post(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    headers: &HeaderMap,
+    back_to: &str,
+    draft: String,
+) -> Response {
+    let t = Lang::choose(None, headers).texts();
+    let (jar, csrf) = csrf_token(state, jar);
+    let mut notice = Notice::new(t, csrf, t.error_title, t.session_ended_customer);
+    notice.alert = true;
+    notice.draft = draft;
+    notice.link_href = Some(format!("/sign-in?return_to={back_to}"));
+    notice.link_label = t.sign_in_again;
+    (jar, page(StatusCode::UNAUTHORIZED, &notice)).into_response()
 }
 
 /// `GET /tickets/new`.
@@ -428,7 +450,7 @@ pub async fn submit(
     CheckedForm(form): CheckedForm<NewTicketForm>,
 ) -> Response {
     let Some(session) = signed_in(&state, &jar) else {
-        return to_sign_in("/tickets/new");
+        return signed_out_post(&state, jar, &headers, "/tickets/new", form.body);
     };
     let t = lang_of(&session, &headers);
     if let Some((status, errors)) = invalid(t, &form, false) {
@@ -461,11 +483,10 @@ pub async fn submit(
                 false,
             )
         }
-        Err(e) if e.code == Code::Unauthenticated => (
-            jar.remove(state.cookies.removal(CUSTOMER)),
-            to_sign_in("/tickets/new"),
-        )
-            .into_response(),
+        Err(e) if e.code == Code::Unauthenticated => {
+            let jar = jar.remove(state.cookies.removal(CUSTOMER));
+            signed_out_post(&state, jar, &headers, "/tickets/new", form.body)
+        }
         Err(e) => unavailable(t, &e),
     }
 }

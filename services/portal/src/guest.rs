@@ -95,6 +95,9 @@ impl crate::web::CsrfForm for ReplyForm {
     fn csrf(&self) -> &str {
         &self.csrf
     }
+    fn draft(&self) -> Option<&str> {
+        Some(&self.body)
+    }
 }
 
 fn link_of(state: &AppState, jar: &PrivateCookieJar, ticket_id: &str) -> Option<LinkState> {
@@ -138,10 +141,13 @@ pub async fn show(
         return no_link(&state, jar, &headers);
     };
     if let Some(token) = query.link.filter(|t| !t.trim().is_empty()) {
+        // Every mail carries the link, the code's too: opening it again keeps the code that
+        // is on its way, so the code form stays.
+        let pending = link_of(&state, &jar, &ticket_id).and_then(|l| l.code_expires_at);
         let link = LinkState {
             ticket_id: ticket_id.clone(),
             token,
-            code_expires_at: None,
+            code_expires_at: pending,
         };
         let jar = save_link(&state, jar, &link);
         return (jar, see_other(&format!("/guest/tickets/{ticket_id}"))).into_response();
@@ -198,6 +204,39 @@ async fn render_current(
     verify_page(state, jar, headers, client, &link, None).await
 }
 
+/// What went wrong on the verify page, said in the page's language.
+enum VerifyError {
+    /// A code was sent moments ago: wait this many seconds.
+    Wait(u64),
+    /// Wrong; this many attempts are left.
+    Rejected(String),
+    Expired,
+    Exhausted,
+    NotSixDigits,
+}
+
+impl VerifyError {
+    fn message(&self, t: &'static Texts) -> String {
+        match self {
+            VerifyError::Wait(secs) => t.wait_seconds(*secs),
+            VerifyError::Rejected(left) => t.code_rejected(left),
+            VerifyError::Expired => t.code_expired.to_owned(),
+            VerifyError::Exhausted => t.code_attempts_exhausted.to_owned(),
+            VerifyError::NotSixDigits => t.code_not_six_digits.to_owned(),
+        }
+    }
+}
+
+/// A link whose ticket is not the one in the address: as good as a forged one here.
+fn foreign_link() -> CallError {
+    CallError {
+        code: Code::Unauthenticated,
+        reason: Some("LINK_INVALID".to_owned()),
+        metadata: Default::default(),
+        message: "the link is for another ticket".to_owned(),
+    }
+}
+
 /// "Verify your email", with the code form once a code was sent, and `error` if any.
 async fn verify_page(
     state: &AppState,
@@ -205,14 +244,15 @@ async fn verify_page(
     headers: &HeaderMap,
     client: std::net::IpAddr,
     link: &LinkState,
-    error: Option<(StatusCode, String)>,
+    error: Option<(StatusCode, VerifyError)>,
 ) -> Response {
     let caller = Caller {
         token: None,
         client,
     };
     let described = match state.backend.describe_link(caller, &link.token).await {
-        Ok(d) => d,
+        Ok(d) if d.ticket_id == link.ticket_id => d,
+        Ok(_) => return dead_link(state, jar, headers, &link.ticket_id, &foreign_link()),
         Err(e) => return dead_link(state, jar, headers, &link.ticket_id, &e),
     };
     let lang = Lang::choose(Some(&described.locale), headers);
@@ -225,7 +265,7 @@ async fn verify_page(
         )
     });
     let (jar, csrf) = csrf_token(state, jar);
-    let (status, error) = error.map_or((StatusCode::OK, None), |(s, m)| (s, Some(m)));
+    let (status, error) = error.map_or((StatusCode::OK, None), |(s, e)| (s, Some(e.message(t))));
     let body = VerifyPage {
         chrome: Chrome {
             t,
@@ -240,6 +280,21 @@ async fn verify_page(
         error,
     };
     (jar, page(status, &body)).into_response()
+}
+
+/// A reply posted without a (still valid) session: 401, what to do, and the text kept.
+fn session_ended(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    headers: &HeaderMap,
+    draft: String,
+) -> Response {
+    let t = Lang::choose(None, headers).texts();
+    let (jar, csrf) = csrf_token(state, jar);
+    let mut notice = Notice::new(t, csrf, t.error_title, t.session_ended_guest);
+    notice.alert = true;
+    notice.draft = draft;
+    (jar, page(StatusCode::UNAUTHORIZED, &notice)).into_response()
 }
 
 fn no_link(state: &AppState, jar: PrivateCookieJar, headers: &HeaderMap) -> Response {
@@ -312,7 +367,7 @@ pub async fn send_code(
         }
         Err(e) if e.is("RATE_LIMITED") => {
             let secs = e.number("retry_after_secs").unwrap_or(60);
-            let error = (StatusCode::TOO_MANY_REQUESTS, t.wait_seconds(secs));
+            let error = (StatusCode::TOO_MANY_REQUESTS, VerifyError::Wait(secs));
             let response = verify_page(&state, jar, &headers, client, &link, Some(error)).await;
             with_retry_after(response, secs)
         }
@@ -336,10 +391,7 @@ pub async fn verify_code(
     };
     let code: String = form.code.chars().filter(|c| !c.is_whitespace()).collect();
     if code.len() != 6 || !code.chars().all(|c| c.is_ascii_digit()) {
-        let error = (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            t.code_not_six_digits.to_owned(),
-        );
+        let error = (StatusCode::UNPROCESSABLE_ENTITY, VerifyError::NotSixDigits);
         return verify_page(&state, jar, &headers, client, &link, Some(error)).await;
     }
     if let Err(secs) = state.limits.check(Limited::CodeCheck, client) {
@@ -350,6 +402,9 @@ pub async fn verify_code(
         client,
     };
     match state.backend.verify_code(caller, &link.token, &code).await {
+        Ok(granted) if granted.ticket_id != link.ticket_id => {
+            dead_link(&state, jar, &headers, &link.ticket_id, &foreign_link())
+        }
         Ok(granted) => {
             let locale = match state.backend.describe_link(caller, &link.token).await {
                 Ok(d) => d.locale,
@@ -374,29 +429,30 @@ pub async fn verify_code(
             let to = format!("/guest/tickets/{}", link.ticket_id);
             (jar, see_other(&to)).into_response()
         }
-        Err(e) if e.is("CODE_REJECTED") => {
+        Err(e) if e.is("CODE_REJECTED") && e.number("attempts_left") != Some(0) => {
             let left = e.metadata.get("attempts_left").cloned().unwrap_or_default();
-            let error = (StatusCode::UNAUTHORIZED, t.code_rejected(&left));
+            let error = (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                VerifyError::Rejected(left),
+            );
             verify_page(&state, jar, &headers, client, &link, Some(error)).await
         }
-        Err(e) if e.is("CODE_EXPIRED") || e.is("CODE_ATTEMPTS_EXHAUSTED") => {
+        Err(e)
+            if e.is("CODE_REJECTED") || e.is("CODE_EXPIRED") || e.is("CODE_ATTEMPTS_EXHAUSTED") =>
+        {
             // The code form goes; "Send code" is what is left to do.
             link.code_expires_at = None;
             let jar = save_link(&state, jar, &link);
-            let (status, message) = if e.is("CODE_EXPIRED") {
-                (StatusCode::GONE, t.code_expired)
+            let error = if e.is("CODE_EXPIRED") {
+                (StatusCode::GONE, VerifyError::Expired)
             } else {
-                (StatusCode::TOO_MANY_REQUESTS, t.code_attempts_exhausted)
+                (StatusCode::TOO_MANY_REQUESTS, VerifyError::Exhausted)
             };
-            let error = (status, message.to_owned());
             verify_page(&state, jar, &headers, client, &link, Some(error)).await
         }
         Err(e) if e.is("GUEST_ACCESS_LOCKED") => locked(&state, jar, t, &e),
         Err(e) if e.code == Code::InvalidArgument => {
-            let error = (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                t.code_not_six_digits.to_owned(),
-            );
+            let error = (StatusCode::UNPROCESSABLE_ENTITY, VerifyError::NotSixDigits);
             verify_page(&state, jar, &headers, client, &link, Some(error)).await
         }
         Err(e) => dead_link(&state, jar, &headers, &link.ticket_id, &e),
@@ -416,8 +472,8 @@ pub async fn reply(
         return no_link(&state, jar, &headers);
     };
     let Some(session) = session_of(&state, &jar, &ticket_id) else {
-        // Signed out or expired meanwhile: the ticket's address says what to do next.
-        return see_other(&format!("/guest/tickets/{ticket_id}"));
+        // Signed out or expired meanwhile: say so, and keep what they wrote.
+        return session_ended(&state, jar, &headers, form.body);
     };
     let t = Lang::choose(Some(&session.locale), &headers).texts();
     if let Some((status, message)) = crate::pages::check_body(t, &form.body) {
@@ -435,15 +491,17 @@ pub async fn reply(
         .await
     {
         Ok(_) => see_other(&format!("/guest/tickets/{ticket_id}#latest")),
-        Err(e) if e.code == Code::InvalidArgument => {
-            let error = Some((StatusCode::UNPROCESSABLE_ENTITY, t.reply_empty, form.body));
-            render_current(&state, jar, &headers, client, &ticket_id, error).await
-        }
         Err(e) if e.code == Code::Unauthenticated => {
             let jar = jar.remove(state.cookies.removal(GUEST));
-            (jar, see_other(&format!("/guest/tickets/{ticket_id}"))).into_response()
+            session_ended(&state, jar, &headers, form.body)
         }
-        Err(e) => unavailable(t, &e),
+        Err(e) => match crate::pages::reply_refused(t, &e) {
+            Some((status, message)) => {
+                let error = Some((status, message, form.body));
+                render_current(&state, jar, &headers, client, &ticket_id, error).await
+            }
+            None => unavailable(t, &e),
+        },
     }
 }
 

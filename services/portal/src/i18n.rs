@@ -130,6 +130,13 @@ pub struct Texts {
     pub last_activity: &'static str,
     pub sign_in_unavailable: &'static str,
     pub sign_in_failed: &'static str,
+    pub reply_invalid: &'static str,
+    pub reply_conflict: &'static str,
+    pub reply_later: &'static str,
+    pub session_ended_guest: &'static str,
+    pub session_ended_customer: &'static str,
+    pub sign_in_again: &'static str,
+    pub your_unsent_reply: &'static str,
 }
 
 impl Texts {
@@ -255,6 +262,13 @@ pub static EN: Texts = Texts {
     last_activity: "Last activity",
     sign_in_unavailable: "Signing in is not possible right now. Try again in a minute, or follow the link in your latest email.",
     sign_in_failed: "Signing in did not complete. Please try again.",
+    reply_invalid: "This reply cannot be sent as it is: remove control characters and try again.",
+    reply_conflict: "The ticket changed while you were writing, or this form was already sent. Check the conversation and send your reply again.",
+    reply_later: "Too many replies in a short time. Wait a minute and send it again.",
+    session_ended_guest: "Your access to this ticket has ended. Open the link in your latest notification email to verify your address again.",
+    session_ended_customer: "You are no longer signed in. Sign in again and send your reply once more.",
+    sign_in_again: "Sign in again",
+    your_unsent_reply: "Your reply, not sent (copy it to send it later)",
 };
 
 pub static IT: Texts = Texts {
@@ -323,6 +337,13 @@ pub static IT: Texts = Texts {
     last_activity: "Ultima attività",
     sign_in_unavailable: "In questo momento non è possibile accedere. Riprova tra un minuto, oppure apri il link nell'ultima email.",
     sign_in_failed: "L'accesso non è stato completato. Riprova.",
+    reply_invalid: "Questa risposta non può essere inviata così: rimuovi i caratteri di controllo e riprova.",
+    reply_conflict: "Il ticket è cambiato mentre scrivevi, oppure questo modulo era già stato inviato. Controlla la conversazione e invia di nuovo la risposta.",
+    reply_later: "Troppe risposte in poco tempo. Attendi un minuto e inviala di nuovo.",
+    session_ended_guest: "Il tuo accesso a questo ticket è terminato. Apri il link nell'ultima email di notifica per verificare di nuovo il tuo indirizzo.",
+    session_ended_customer: "Non sei più connesso. Accedi di nuovo e invia ancora la tua risposta.",
+    sign_in_again: "Accedi di nuovo",
+    your_unsent_reply: "La tua risposta, non inviata (copiala per inviarla più tardi)",
 };
 
 #[cfg(test)]

@@ -39,6 +39,11 @@ pub struct Notice {
     /// A button posting here, e.g. "Email me a fresh link".
     pub post_action: Option<String>,
     pub post_label: &'static str,
+    /// A link onwards, e.g. "Sign in again".
+    pub link_href: Option<String>,
+    pub link_label: &'static str,
+    /// Text the visitor wrote that could not be sent, shown so it is not lost.
+    pub draft: String,
 }
 
 impl Notice {
@@ -54,6 +59,9 @@ impl Notice {
             alert: false,
             post_action: None,
             post_label: "",
+            link_href: None,
+            link_label: "",
+            draft: String::new(),
         }
     }
 }
@@ -225,12 +233,19 @@ pub fn unavailable(t: &'static Texts, e: &CallError) -> Response {
     page(StatusCode::SERVICE_UNAVAILABLE, &notice)
 }
 
-/// A POST whose CSRF token is missing or wrong: nothing is done.
-pub fn form_expired(state: &AppState, jar: PrivateCookieJar, headers: &HeaderMap) -> Response {
+/// A POST whose CSRF token is missing or wrong: nothing is done, and what the visitor wrote
+/// is shown so it is not lost.
+pub fn form_expired(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    headers: &HeaderMap,
+    draft: String,
+) -> Response {
     let t = Lang::choose(None, headers).texts();
     let (jar, csrf) = csrf_token(state, jar);
     let mut notice = Notice::new(t, csrf, t.error_title, t.form_expired);
     notice.alert = true;
+    notice.draft = draft;
     (jar, page(StatusCode::FORBIDDEN, &notice)).into_response()
 }
 
@@ -259,6 +274,23 @@ pub fn form_rejected(t: &'static Texts, rejection: &FormRejection) -> Response {
     let mut notice = Notice::new(t, String::new(), t.error_title, message);
     notice.alert = true;
     page(status, &notice)
+}
+
+/// A refused reply as the page says it, or `None` when the service could not answer.
+pub fn reply_refused(t: &'static Texts, e: &CallError) -> Option<(StatusCode, &'static str)> {
+    match e.code {
+        tonic::Code::InvalidArgument if e.message.contains("empty") => {
+            Some((StatusCode::UNPROCESSABLE_ENTITY, t.reply_empty))
+        }
+        tonic::Code::InvalidArgument => Some((StatusCode::UNPROCESSABLE_ENTITY, t.reply_invalid)),
+        // The same request id with another text: the form was sent before, then edited.
+        tonic::Code::AlreadyExists => Some((StatusCode::CONFLICT, t.reply_conflict)),
+        tonic::Code::FailedPrecondition | tonic::Code::Aborted => {
+            Some((StatusCode::CONFLICT, t.reply_conflict))
+        }
+        tonic::Code::ResourceExhausted => Some((StatusCode::TOO_MANY_REQUESTS, t.reply_later)),
+        _ => None,
+    }
 }
 
 /// A reply's or description's problem, if any: empty, or longer than the service takes.

@@ -39,6 +39,9 @@ impl crate::web::CsrfForm for NewTicketForm {
     fn csrf(&self) -> &str {
         &self.csrf
     }
+    fn draft(&self) -> Option<&str> {
+        Some(&self.body)
+    }
 }
 
 /// `GET /`.

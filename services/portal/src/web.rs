@@ -119,8 +119,15 @@ impl CookieNames {
         serde_json::from_str(jar.get(&self.name(base))?.value()).ok()
     }
 
+    /// The cookie that removes `base`: with the same attributes, or a browser ignores it (a
+    /// `__Host-` cookie is only ever set, and so only removed, with `Secure`).
     pub fn removal(&self, base: &str) -> Cookie<'static> {
-        Cookie::build((self.name(base), "")).path("/").build()
+        Cookie::build((self.name(base), ""))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .build()
     }
 }
 
@@ -147,6 +154,10 @@ pub fn csrf_ok(state: &AppState, jar: &PrivateCookieJar, submitted: &str) -> boo
 /// A form that carries the page's CSRF token.
 pub trait CsrfForm {
     fn csrf(&self) -> &str;
+    /// Text the visitor wrote, shown again if the form is refused.
+    fn draft(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A POSTed form, read and checked: an unreadable form (too large, not a form) is answered
@@ -177,7 +188,8 @@ where
                 )
             })?;
         if !csrf_ok(state, &jar, form.0.csrf()) {
-            return Err(crate::pages::form_expired(state, jar, &headers));
+            let draft = form.0.draft().unwrap_or_default().to_owned();
+            return Err(crate::pages::form_expired(state, jar, &headers, draft));
         }
         Ok(CheckedForm(form.0))
     }
@@ -203,9 +215,13 @@ impl FromRequestParts<AppState> for ClientAddr {
         if !state.trust_forwarded_for {
             return Ok(ClientAddr(peer));
         }
+        // The last address of the last header line: a proxy that adds a line of its own
+        // leaves the client's (forgeable) line first.
         let forwarded = parts
             .headers
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse().ok());
@@ -233,7 +249,11 @@ pub struct Limits {
     fresh_links: DefaultKeyedRateLimiter<IpAddr>,
     sign_ins: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
+    checks: std::sync::atomic::AtomicU64,
 }
+
+/// Checks between two sweeps of the limiters' full buckets.
+const RETAIN_EVERY: u64 = 10_000;
 
 impl Limits {
     fn new(s: LimitSettings) -> Self {
@@ -245,6 +265,7 @@ impl Limits {
             fresh_links: keyed(s.fresh_links),
             sign_ins: keyed(s.sign_ins),
             clock: DefaultClock::default(),
+            checks: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -257,6 +278,23 @@ impl Limits {
             Limited::FreshLink => &self.fresh_links,
             Limited::SignIn => &self.sign_ins,
         };
+        // A client whose bucket is full again holds no information: forget such clients every
+        // so many checks (a scan of all keys, so never on every check).
+        if self
+            .checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(RETAIN_EVERY)
+        {
+            for l in [
+                &self.code_requests,
+                &self.code_checks,
+                &self.guest_tickets,
+                &self.fresh_links,
+                &self.sign_ins,
+            ] {
+                l.retain_recent();
+            }
+        }
         limiter.check_key(&client).map_err(|not_until| {
             tracing::info!(?what, %client, "portal rate limit reached");
             not_until.wait_time_from(self.clock.now()).as_secs().max(1)
@@ -355,5 +393,16 @@ mod tests {
         assert_eq!(c.http_only(), Some(true));
         assert_eq!(c.same_site(), Some(SameSite::Lax));
         assert_eq!(c.max_age(), None, "a browser-session cookie");
+    }
+
+    #[test]
+    fn a_removal_carries_the_attributes_the_cookie_was_set_with() {
+        // Given TLS, when a session is removed (sign-out), then the removal is a `__Host-`
+        // cookie with Secure and Path=/ — without them a browser would keep the session.
+        let removal = CookieNames { secure: true }.removal(GUEST);
+        assert_eq!(removal.name(), "__Host-tidings_guest");
+        assert_eq!(removal.secure(), Some(true));
+        assert_eq!(removal.path(), Some("/"));
+        assert_eq!(removal.same_site(), Some(SameSite::Lax));
     }
 }

@@ -47,7 +47,13 @@ impl GuestOpenLimits {
         if !self.trusted_proxies.contains(&peer) {
             return Some(peer);
         }
-        let forwarded = req.metadata().get("x-forwarded-for")?.to_str().ok()?;
+        let forwarded = req
+            .metadata()
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()?
+            .to_str()
+            .ok()?;
         forwarded
             .rsplit(',')
             .next()?

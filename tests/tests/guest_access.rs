@@ -672,3 +672,39 @@ async fn the_client_throttle_believes_x_forwarded_for_from_a_trusted_proxy_only(
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
 }
+
+#[tokio::test]
+async fn the_eleventh_code_request_of_a_day_is_refused_and_recorded_as_a_lock() {
+    let app = spawn_app().await;
+    let ticket = open_guest_ticket(&app, "guest@example.com").await;
+    let link = link_for(ticket, "guest@example.com");
+    let mut g = app.guests().await;
+    for _ in 0..10 {
+        g.request_access_code(RequestAccessCodeRequest {
+            link_token: link.clone(),
+        })
+        .await
+        .expect("ten codes a day");
+        app.clock.advance(chrono::Duration::seconds(61));
+    }
+    let e = g
+        .request_access_code(RequestAccessCodeRequest {
+            link_token: link.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    let (reason, _) = tidings_proto::reason_of(&e).expect("an ErrorInfo");
+    assert_eq!(reason, "GUEST_ACCESS_LOCKED");
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE event_type = 'GuestAccessLocked'")
+            .await,
+        1,
+        "the lock is on the ticket's event stream"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM events WHERE event_type = 'AccessCodeRequested'")
+            .await,
+        10
+    );
+}

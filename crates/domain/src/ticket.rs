@@ -403,9 +403,11 @@ pub fn decide(
                 return Err(locked);
             }
             if day.codes >= ACCESS_CODES_PER_DAY {
-                return Err(DomainError::GuestAccessLocked {
-                    retry_after_secs: retry_after(day.ends_at() - ctx.now),
-                });
+                // The day's codes are used up: the lock goes on the ticket's record, as the
+                // wrong-code lock does, and every later request is refused by it.
+                return Ok(vec![TicketEvent::GuestAccessLocked {
+                    until: day.ends_at(),
+                }]);
             }
             if let Some(last) = ticket.last_code_requested_at {
                 let next_allowed = last + *min_interval;
@@ -1038,7 +1040,8 @@ mod tests {
     }
 
     #[test]
-    fn a_ticket_gets_ten_codes_a_day() {
+    fn a_ticket_gets_ten_codes_a_day_and_the_eleventh_request_locks_it_on_its_record() {
+        // Given ten codes requested a minute apart.
         let mut g = given(vec![(Actor::System, opened(guest_requester()))]);
         let me = guest("g@example.com");
         let start = t0() + Duration::hours(1);
@@ -1046,11 +1049,21 @@ mod tests {
             g.step(me.clone(), request_code("c"), start + Duration::minutes(n))
                 .unwrap();
         }
+        // When an eleventh is asked for, then no code: the lock, as an event.
         let at = start + Duration::minutes(10);
+        let ev = g.when_at(me.clone(), request_code("c"), at).unwrap();
         assert_eq!(
-            g.when_at(me.clone(), request_code("c"), at),
+            ev,
+            vec![TicketEvent::GuestAccessLocked {
+                until: start + Duration::hours(24)
+            }]
+        );
+        g.then_state_at(me.clone(), ev, at);
+        // Then every later request is refused until the day is over.
+        assert_eq!(
+            g.when_at(me.clone(), request_code("c"), at + Duration::minutes(1)),
             Err(DomainError::GuestAccessLocked {
-                retry_after_secs: (Duration::hours(24) - Duration::minutes(10)).num_seconds()
+                retry_after_secs: (Duration::hours(24) - Duration::minutes(11)).num_seconds()
             })
         );
         assert!(

@@ -143,6 +143,16 @@ impl pb::guest_access_service_server::GuestAccessService for GuestApi {
                 min_interval: self.guest.code_min_interval,
             };
             let events = self.write_as_guest(&link, email, command, trace).await?;
+            if let Some(until) = events.iter().find_map(|e| match e {
+                TicketEvent::GuestAccessLocked { until } => Some(*until),
+                _ => None,
+            }) {
+                tracing::warn!(ticket_id = %link.ticket, %until, "guest access locked: the day's codes are used up");
+                let wait = (until - self.clock.now()).num_seconds().max(1);
+                return Err(ApiError::Domain(DomainError::GuestAccessLocked {
+                    retry_after_secs: wait,
+                }));
+            }
             let expires_at = events.iter().find_map(|e| match e {
                 TicketEvent::AccessCodeRequested { expires_at, .. } => Some(*expires_at),
                 _ => None,

@@ -622,3 +622,38 @@ async fn a_client_over_the_portals_code_request_limit_gets_a_page_and_retry_afte
         .await;
     assert_eq!(codes, 1, "the limited request reached nothing");
 }
+
+#[tokio::test]
+async fn a_second_code_within_the_minute_waits_and_an_expired_code_asks_for_a_new_one() {
+    let s = portal_stack().await;
+    let v = Visitor::new(&s.portal);
+    let email = format!("{}@example.org", unique("slow"));
+    let link = guest_request(&v, &email, "Slow guest", "en").await;
+    let clean = v.get(&link).await.location().unwrap().to_owned();
+    let id = clean.rsplit('/').next().unwrap().to_owned();
+    let csrf = v.csrf().await;
+    let send = format!("/guest/tickets/{id}/code");
+    assert_eq!(v.post(&send, &[("csrf", &csrf)]).await.status, 303);
+    // "Send a new code" at once: wait, and the code form stays.
+    let again = v.post(&send, &[("csrf", &csrf)]).await;
+    assert_eq!(again.status, 429);
+    again.assert_contains("Wait ");
+    again.assert_contains("We sent a 6-digit code to");
+    assert!(again.header("retry-after").is_some());
+    // Eleven minutes later the code has expired: say so, and offer a new one.
+    let code = code_in(&mail_starting(&email, "Your verification code", 1).await);
+    s.app.clock.advance(chrono::Duration::minutes(11));
+    let late = v
+        .post(
+            &format!("/guest/tickets/{id}/verify"),
+            &[("csrf", &csrf), ("code", &code)],
+        )
+        .await;
+    assert_eq!(late.status, 410);
+    late.assert_contains("That code has expired or was never sent. Request a new code.");
+    late.assert_contains(">Send code</button>");
+    assert!(
+        !late.body.contains(r#"name="code""#),
+        "no code form for a dead code"
+    );
+}

@@ -31,7 +31,7 @@ const SIGN_OUT: &str = "/sign-out";
 const SIGN_IN_MINUTES: i64 = 10;
 const PAGE_SIZE: u32 = 20;
 
-fn signed_in(state: &AppState, jar: &PrivateCookieJar) -> Option<SignedIn> {
+pub(crate) fn signed_in(state: &AppState, jar: &PrivateCookieJar) -> Option<SignedIn> {
     state
         .cookies
         .read::<SignedIn>(jar, CUSTOMER)

@@ -50,19 +50,18 @@ pub async fn home(
     headers: HeaderMap,
     jar: PrivateCookieJar,
 ) -> Response {
-    let t = Lang::choose(None, &headers).texts();
+    let session = crate::customer::signed_in(&state, &jar);
+    let locale = session.as_ref().map(|s| s.locale.as_str());
+    let t = Lang::choose(locale, &headers).texts();
     let (jar, csrf) = csrf_token(&state, jar);
     let body = HomePage {
         chrome: Chrome {
             t,
             csrf,
-            sign_out: None,
+            sign_out: session.is_some().then_some("/sign-out"),
         },
         title: t.home_title,
-        signed_in: state
-            .cookies
-            .read::<crate::oidc::SignedIn>(&jar, crate::web::CUSTOMER)
-            .is_some(),
+        signed_in: session.is_some(),
         sign_in_enabled: state.oidc.is_some(),
     };
     (jar, page(StatusCode::OK, &body)).into_response()

@@ -657,3 +657,24 @@ async fn a_second_code_within_the_minute_waits_and_an_expired_code_asks_for_a_ne
         "no code form for a dead code"
     );
 }
+
+#[tokio::test]
+async fn a_browser_keeps_the_guest_sessions_of_two_tickets_and_signs_out_of_both() {
+    let s = portal_stack().await;
+    let v = Visitor::new(&s.portal);
+    let first = format!("{}@example.org", unique("first"));
+    let second = format!("{}@example.org", unique("second"));
+    let link_a = guest_request(&v, &first, "First ticket", "en").await;
+    let a = verify(&v, &link_a, &first).await;
+    let link_b = guest_request(&v, &second, "Second ticket", "en").await;
+    let b = verify(&v, &link_b, &second).await;
+    v.get(&a).await.assert_contains("First ticket");
+    v.get(&b).await.assert_contains("Second ticket");
+    let csrf = v.csrf().await;
+    assert_eq!(
+        v.post("/guest/sign-out", &[("csrf", &csrf)]).await.status,
+        200
+    );
+    assert_eq!(v.get(&a).await.status, 404);
+    assert_eq!(v.get(&b).await.status, 404);
+}

@@ -177,8 +177,9 @@ pub async fn callback(
                     .cookies
                     .make(CUSTOMER, &session, Some(time::Duration::seconds(lifetime)));
             // A guest session in the same browser is not the customer's: drop it.
-            let jar = jar
-                .remove(state.cookies.removal(GUEST))
+            let jar = state
+                .cookies
+                .remove_all(jar, GUEST)
                 .remove(state.cookies.removal(LINK))
                 .add(cookie);
             (jar, see_other(&return_to)).into_response()

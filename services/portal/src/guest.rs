@@ -107,10 +107,16 @@ fn link_of(state: &AppState, jar: &PrivateCookieJar, ticket_id: &str) -> Option<
         .filter(|l| l.ticket_id == ticket_id)
 }
 
+/// The cookie of the guest session for `ticket_id`: one per ticket, so verifying a second
+/// ticket keeps the first.
+fn guest_cookie(ticket_id: &str) -> String {
+    format!("{GUEST}_{}", ticket_id.replace('-', ""))
+}
+
 fn session_of(state: &AppState, jar: &PrivateCookieJar, ticket_id: &str) -> Option<GuestSession> {
     state
         .cookies
-        .read::<GuestSession>(jar, GUEST)
+        .read::<GuestSession>(jar, &guest_cookie(ticket_id))
         .filter(|s| s.ticket_id == ticket_id)
 }
 
@@ -193,7 +199,7 @@ async fn render_current(
             }
             // The session ran out (or its key was rotated away): verify again.
             Err(e) if matches!(e.code, Code::Unauthenticated | Code::NotFound) => {
-                jar = jar.remove(state.cookies.removal(GUEST));
+                jar = jar.remove(state.cookies.removal(&guest_cookie(ticket_id)));
             }
             Err(e) => return (jar, unavailable(lang.texts(), &e)).into_response(),
         }
@@ -421,11 +427,11 @@ pub async fn verify_code(
                 .max(60);
             let jar = jar
                 .remove(state.cookies.removal(LINK))
-                .add(
-                    state
-                        .cookies
-                        .make(GUEST, &session, Some(time::Duration::seconds(lifetime))),
-                );
+                .add(state.cookies.make(
+                    &guest_cookie(&link.ticket_id),
+                    &session,
+                    Some(time::Duration::seconds(lifetime)),
+                ));
             let to = format!("/guest/tickets/{}", link.ticket_id);
             (jar, see_other(&to)).into_response()
         }
@@ -492,7 +498,7 @@ pub async fn reply(
     {
         Ok(_) => see_other(&format!("/guest/tickets/{ticket_id}#latest")),
         Err(e) if e.code == Code::Unauthenticated => {
-            let jar = jar.remove(state.cookies.removal(GUEST));
+            let jar = jar.remove(state.cookies.removal(&guest_cookie(&ticket_id)));
             session_ended(&state, jar, &headers, form.body)
         }
         Err(e) => match crate::pages::reply_refused(t, &e) {
@@ -545,8 +551,10 @@ pub async fn sign_out(
     CheckedForm(_): CheckedForm<ButtonForm>,
 ) -> Response {
     let t = Lang::choose(None, &headers).texts();
-    let jar = jar
-        .remove(state.cookies.removal(GUEST))
+    // Every ticket's session in this browser.
+    let jar = state
+        .cookies
+        .remove_all(jar, GUEST)
         .remove(state.cookies.removal(LINK));
     let (jar, csrf) = csrf_token(&state, jar);
     let notice = Notice::new(t, csrf, t.signed_out_title, t.signed_out_body);

@@ -80,7 +80,8 @@ pub struct CookieNames {
 pub const CSRF: &str = "tidings_csrf";
 /// The guest's link token, moved out of the URL: short-lived.
 pub const LINK: &str = "tidings_link";
-/// The guest session: one ticket, the session token's lifetime.
+/// The guest sessions, one cookie per ticket (`tidings_guest_<ticket>`), each for its session
+/// token's lifetime.
 pub const GUEST: &str = "tidings_guest";
 /// A sign-in under way (state, nonce, PKCE verifier): ten minutes.
 pub const SIGN_IN: &str = "tidings_sign_in";
@@ -121,6 +122,21 @@ impl CookieNames {
 
     /// The cookie that removes `base`: with the same attributes, or a browser ignores it (a
     /// `__Host-` cookie is only ever set, and so only removed, with `Secure`).
+    /// Removes every cookie named `base` or `base_<suffix>` (the guest sessions of several
+    /// tickets).
+    pub fn remove_all(&self, jar: PrivateCookieJar, base: &str) -> PrivateCookieJar {
+        let name = self.name(base);
+        let names: Vec<String> = jar
+            .iter()
+            .map(|c| c.name().to_owned())
+            .filter(|n| *n == name || n.starts_with(&format!("{name}_")))
+            .collect();
+        names.into_iter().fold(jar, |jar, n| {
+            let base = n.strip_prefix("__Host-").unwrap_or(&n).to_owned();
+            jar.remove(self.removal(&base))
+        })
+    }
+
     pub fn removal(&self, base: &str) -> Cookie<'static> {
         Cookie::build((self.name(base), ""))
             .path("/")

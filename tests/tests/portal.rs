@@ -528,7 +528,8 @@ async fn twenty_wrong_codes_lock_the_ticket_until_tomorrow_and_say_so() {
     let s = portal_stack().await;
     let v = Visitor::new(&s.portal);
     let email = format!("{}@example.org", unique("locked"));
-    let link = guest_request(&v, &email, "Locked out", "en").await;
+    // An Italian ticket, an English browser: the lock is said in Italian.
+    let link = guest_request(&v, &email, "Locked out", "it").await;
     let clean = v.get(&link).await.location().unwrap().to_owned();
     let id = clean.rsplit('/').next().unwrap().to_owned();
     let csrf = v.csrf().await;
@@ -542,7 +543,7 @@ async fn twenty_wrong_codes_lock_the_ticket_until_tomorrow_and_say_so() {
             .post(&format!("/guest/tickets/{id}/code"), &[("csrf", &csrf)])
             .await;
         assert_eq!(sent.status, 303, "round {round}: {}", sent.body);
-        let code = code_in(&mail_starting(&email, "Your verification code", round).await);
+        let code = code_in(&mail_starting(&email, "Il tuo codice di verifica", round).await);
         let wrong = if code == "000000" { "111111" } else { "000000" };
         for _ in 0..5 {
             last = Some(
@@ -556,7 +557,7 @@ async fn twenty_wrong_codes_lock_the_ticket_until_tomorrow_and_say_so() {
     }
     let locked = last.unwrap();
     assert_eq!(locked.status, 429, "{}", locked.body);
-    locked.assert_contains("Too many attempts on this ticket today. Try again tomorrow");
+    locked.assert_contains("Troppi tentativi su questo ticket oggi. Riprova domani");
     assert!(locked.header("retry-after").is_some());
     // A new code is refused the same way, whatever the browser.
     s.app.clock.advance(chrono::Duration::seconds(61));
@@ -564,7 +565,7 @@ async fn twenty_wrong_codes_lock_the_ticket_until_tomorrow_and_say_so() {
         .post(&format!("/guest/tickets/{id}/code"), &[("csrf", &csrf)])
         .await;
     assert_eq!(again.status, 429);
-    again.assert_contains("Try again tomorrow");
+    again.assert_contains("Riprova domani");
     let locks = s
         .app
         .count("SELECT count(*) FROM events WHERE event_type = 'GuestAccessLocked'")

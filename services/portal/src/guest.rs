@@ -335,7 +335,22 @@ fn dead_link(
     (jar, page(status, &notice)).into_response()
 }
 
-fn locked(state: &AppState, jar: PrivateCookieJar, t: &'static Texts, e: &CallError) -> Response {
+/// "Try again tomorrow", in the guest's language (the ticket's locale, which the link tells).
+async fn locked(
+    state: &AppState,
+    jar: PrivateCookieJar,
+    headers: &HeaderMap,
+    caller: Caller<'_>,
+    link: &LinkState,
+    e: &CallError,
+) -> Response {
+    let locale = state
+        .backend
+        .describe_link(caller, &link.token)
+        .await
+        .ok()
+        .map(|d| d.locale);
+    let t = Lang::choose(locale.as_deref(), headers).texts();
     let secs = e.number("retry_after_secs").unwrap_or(86_400);
     let (jar, csrf) = csrf_token(state, jar);
     let mut notice = Notice::new(t, csrf, t.error_title, &t.locked(secs));
@@ -377,7 +392,9 @@ pub async fn send_code(
             let response = verify_page(&state, jar, &headers, client, &link, Some(error)).await;
             with_retry_after(response, secs)
         }
-        Err(e) if e.is("GUEST_ACCESS_LOCKED") => locked(&state, jar, t, &e),
+        Err(e) if e.is("GUEST_ACCESS_LOCKED") => {
+            locked(&state, jar, &headers, caller, &link, &e).await
+        }
         Err(e) => dead_link(&state, jar, &headers, &link.ticket_id, &e),
     }
 }
@@ -456,7 +473,9 @@ pub async fn verify_code(
             };
             verify_page(&state, jar, &headers, client, &link, Some(error)).await
         }
-        Err(e) if e.is("GUEST_ACCESS_LOCKED") => locked(&state, jar, t, &e),
+        Err(e) if e.is("GUEST_ACCESS_LOCKED") => {
+            locked(&state, jar, &headers, caller, &link, &e).await
+        }
         Err(e) if e.code == Code::InvalidArgument => {
             let error = (StatusCode::UNPROCESSABLE_ENTITY, VerifyError::NotSixDigits);
             verify_page(&state, jar, &headers, client, &link, Some(error)).await

@@ -3,9 +3,10 @@
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use sha2::Digest;
-use tidings_attachments::{Blobs, Kind, PutError, StorageConfig};
+mod common;
 
-const PNG_HEAD: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+use common::{chunks, png};
+use tidings_attachments::{Blobs, Kind, PutError, StorageConfig};
 
 struct Dir(std::path::PathBuf);
 
@@ -33,21 +34,6 @@ fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
-}
-
-fn png(len: usize) -> Vec<u8> {
-    let mut bytes = PNG_HEAD.to_vec();
-    bytes.extend((0..len - PNG_HEAD.len()).map(|i| (i * 7 % 251) as u8));
-    bytes
-}
-
-fn chunks(bytes: &[u8], size: usize) -> impl futures::Stream<Item = Result<Bytes, String>> + Send {
-    stream::iter(
-        bytes
-            .chunks(size)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect::<Vec<_>>(),
-    )
 }
 
 #[tokio::test]

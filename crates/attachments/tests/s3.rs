@@ -4,6 +4,9 @@
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use sha2::Digest;
+mod common;
+
+use common::{chunks, png};
 use tidings_attachments::{Blobs, Kind, PutError, S3Config, StorageConfig};
 
 fn endpoint() -> String {
@@ -32,21 +35,6 @@ async fn bucket(prefix: &str) -> Blobs {
         secret_access_key: "test".to_owned().into(),
     }))
     .unwrap()
-}
-
-fn png(len: usize) -> Vec<u8> {
-    let mut bytes = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
-    bytes.extend((0..len - bytes.len()).map(|i| (i * 13 % 251) as u8));
-    bytes
-}
-
-fn chunks(bytes: &[u8], size: usize) -> impl futures::Stream<Item = Result<Bytes, String>> + Send {
-    stream::iter(
-        bytes
-            .chunks(size)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect::<Vec<_>>(),
-    )
 }
 
 #[tokio::test]

@@ -4,10 +4,9 @@
 //! realistic length instead of growing without bound.
 
 use std::time::{Duration, Instant};
+use tidings_loadgen::{BODY, authed, token};
 
 use clap::Parser;
-use secrecy::SecretString;
-use tidings_auth::{Claims, mint_hs256};
 use tidings_proto::ticket::v1::ticket_service_client::TicketServiceClient;
 use tidings_proto::ticket::v1::*;
 use tonic::transport::{Channel, Endpoint};
@@ -30,33 +29,6 @@ struct Args {
     #[arg(long, env = "TIDINGS_JWT_HS256_SECRET", hide_env_values = true)]
     secret: String,
 }
-
-fn token(secret: &str, sub: &str, agent: bool) -> String {
-    let claims = Claims {
-        sub: sub.into(),
-        email: Some(format!("{sub}@example.com")),
-        locale: Some("en".into()),
-        name: Some(sub.into()),
-        role: agent.then(|| "agent".into()),
-        exp: chrono::Utc::now().timestamp() + 3600,
-        ..Default::default()
-    };
-    mint_hs256(&SecretString::from(secret.to_owned()), &claims)
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
-}
-
-// ~300 characters: a typical short support answer.
-const BODY: &str = "Thanks for your patience. We checked the withdrawal you mentioned and it is waiting for a \
-network confirmation on our side. It should complete within the next hour; if it does not, reply here with \
-the transaction id and a screenshot of the history page and we will escalate it to the payments team.";
 
 struct ClientResult {
     latencies: Vec<Duration>,

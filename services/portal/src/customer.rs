@@ -60,16 +60,21 @@ fn local_path(raw: Option<&str>) -> String {
 
 /// Not signed in (or the session ran out): to the sign-in, and back here afterwards.
 fn to_sign_in(return_to: &str) -> Response {
-    let encoded: String = return_to
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    see_other(&format!("/sign-in?return_to={encoded}"))
+    see_other(&sign_in_href(return_to))
+}
+
+/// Characters a path keeps in a query value: the unreserved ones and `/`.
+const PATH_IN_QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// The sign-in that comes back to `return_to`.
+fn sign_in_href(return_to: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(return_to, PATH_IN_QUERY);
+    format!("/sign-in?return_to={encoded}")
 }
 
 fn notice(
@@ -420,7 +425,7 @@ fn signed_out_post(
     let mut notice = Notice::new(t, csrf, t.error_title, t.session_ended_customer);
     notice.alert = true;
     notice.draft = draft;
-    notice.link_href = Some(format!("/sign-in?return_to={back_to}"));
+    notice.link_href = Some(sign_in_href(back_to));
     notice.link_label = t.sign_in_again;
     (jar, page(StatusCode::UNAUTHORIZED, &notice)).into_response()
 }

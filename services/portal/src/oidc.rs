@@ -53,7 +53,7 @@ pub struct SignedIn {
     /// The provider's access token, sent to the ticket service as the bearer token.
     pub token: String,
     pub expires_at: i64,
-    pub name: String,
+    /// The page language (the ID token's `locale`).
     pub locale: String,
 }
 
@@ -239,15 +239,9 @@ impl Oidc {
             .expires_in()
             .unwrap_or(Duration::from_secs(3600))
             .as_secs();
-        let name = claims
-            .name()
-            .and_then(|n| n.get(None))
-            .map(|n| n.as_str().to_owned())
-            .unwrap_or_default();
         Ok(SignedIn {
             token: tokens.access_token().secret().clone(),
             expires_at: chrono::Utc::now().timestamp() + i64::try_from(lifetime).unwrap_or(3600),
-            name,
             locale: claims
                 .locale()
                 .map(|l| l.as_str().to_owned())

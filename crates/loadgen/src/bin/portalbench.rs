@@ -6,10 +6,9 @@
 //!   fixed concurrency; prints throughput and latency percentiles.
 
 use std::time::{Duration, Instant};
+use tidings_loadgen::{BODY, authed, token};
 
 use clap::{Parser, Subcommand};
-use secrecy::SecretString;
-use tidings_auth::{Claims, mint_hs256};
 use tidings_proto::ticket::v1::ticket_service_client::TicketServiceClient;
 use tidings_proto::ticket::v1::*;
 use tonic::transport::{Channel, Endpoint};
@@ -48,32 +47,6 @@ enum Command {
         connections: usize,
     },
 }
-
-fn token(secret: &str, sub: &str, agent: bool) -> String {
-    let claims = Claims {
-        sub: sub.into(),
-        email: Some(format!("{sub}@example.com")),
-        locale: Some("en".into()),
-        name: Some(if agent { "Giulia".into() } else { sub.into() }),
-        role: agent.then(|| "agent".into()),
-        exp: chrono::Utc::now().timestamp() + 3600,
-        ..Default::default()
-    };
-    mint_hs256(&SecretString::from(secret.to_owned()), &claims)
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
-}
-
-const BODY: &str = "Thanks for your patience. We checked the withdrawal you mentioned and it is waiting for a \
-network confirmation on our side. It should complete within the next hour; if it does not, reply here with \
-the transaction id and a screenshot of the history page and we will escalate it to the payments team.";
 
 /// Opens a ticket as the customer and answers it until it has `messages` messages.
 async fn seed(cli: &Cli, messages: usize) -> anyhow::Result<String> {
@@ -202,15 +175,14 @@ async fn sign_in(portal: &str, sub: &str) -> anyhow::Result<String> {
     Ok(format!("{session}; {csrf}"))
 }
 
+/// A form value, percent-encoded (everything but the unreserved characters).
 fn encode(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    const VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(raw, VALUE).to_string()
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {

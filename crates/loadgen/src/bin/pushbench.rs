@@ -15,12 +15,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tidings_loadgen::{authed, token};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
 use clap::Parser;
-use secrecy::SecretString;
-use tidings_auth::{Claims, mint_hs256};
 use tidings_proto::push::v1 as pb;
 use tidings_proto::ticket::v1::ticket_service_client::TicketServiceClient;
 use tidings_proto::ticket::v1::*;
@@ -55,28 +54,6 @@ struct Args {
 }
 
 const APP_ID: &str = "com.tidings.app";
-
-fn token(secret: &str, sub: &str, agent: bool) -> String {
-    let claims = Claims {
-        sub: sub.into(),
-        email: Some(format!("{sub}@example.com")),
-        locale: Some("en".into()),
-        name: Some(sub.into()),
-        role: agent.then(|| "agent".into()),
-        exp: Utc::now().timestamp() + 3600,
-        ..Default::default()
-    };
-    mint_hs256(&SecretString::from(secret.to_owned()), &claims)
-}
-
-fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    r
-}
 
 fn device_token(user: usize, device: usize) -> String {
     format!("{user:032x}{device:032x}")
